@@ -1,0 +1,1 @@
+"""privlens calibration package."""

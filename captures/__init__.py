@@ -1,0 +1,1 @@
+"""privlens captures package."""

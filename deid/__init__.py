@@ -1,0 +1,1 @@
+"""privlens deid package."""

@@ -1,0 +1,1 @@
+"""privlens hardware package."""

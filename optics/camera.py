@@ -1,0 +1,223 @@
+"""The privacy camera: a learnable Zernike phase plate, a thin lens and a sensor.
+
+``CameraConfig`` holds the physical figures (SI units in every name); ``Camera`` is a thin
+``nn.Module`` that owns the learnable Noll coefficients (**micrometres of OPD**) and calls the
+functional core in :mod:`optics.psf` and :mod:`optics.imaging`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .imaging import SensorModel, form_image
+from .materials import thin_lens_focal_length_m
+from .propagation import SamplingError
+from .psf import circular_aperture, sensor_mft_matrix, sensor_psf
+from .zernike import compose_opd, zern_name, zernike_basis
+
+__all__ = ["CameraConfig", "Camera", "defocus_target_psf"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    """Physical description of one camera. Distances in metres, wavelengths in metres.
+
+    The Zernike unit disk is the physical aperture (radius ``aperture_radius_m``), sampled by
+    ``pupil_samples`` pixel-centred points across its diameter.
+    """
+
+    name: str = "custom"
+    description: str = ""
+    wavelengths_m: tuple[float, ...] = (640e-9, 550e-9, 440e-9)
+    aperture_radius_m: float = 2.0e-3
+    focal_length_m: float = 0.0495049504950495
+    design_wavelength_m: float = 550e-9
+    chromatic: bool = True
+    sensor_distance_m: float = 0.05
+    object_distance_m: float = 0.75
+    pixel_pitch_m: float = 3.713e-6
+    pupil_samples: int = 256
+    psf_size_px: int = 128
+    pixel_oversample: int = 2
+    n_modes: int = 15
+    trainable_modes: tuple[int, ...] | None = None
+    freeze_piston_tip_tilt: bool = True
+    learn_object_distance: bool = False
+    image_size_px: int = 256
+    sensor: SensorModel = field(default_factory=SensorModel)
+
+    def __post_init__(self):
+        def positive(name):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v > 0 and not math.isnan(v)):
+                raise ValueError(f"{name} must be positive, got {v}")
+
+        for name in ("aperture_radius_m", "focal_length_m", "design_wavelength_m",
+                     "sensor_distance_m", "object_distance_m", "pixel_pitch_m"):
+            positive(name)
+        if not self.wavelengths_m or any(not (w > 0) for w in self.wavelengths_m):
+            raise ValueError(f"wavelengths_m must be positive, got {self.wavelengths_m}")
+        if self.pupil_samples < 8 or self.psf_size_px < 1 or self.pixel_oversample < 1:
+            raise ValueError("pupil_samples >= 8, psf_size_px >= 1, pixel_oversample >= 1")
+        if self.n_modes < 1:
+            raise ValueError(f"n_modes must be >= 1, got {self.n_modes}")
+        bad = [j for j in (self.trainable_modes or ()) if not 1 <= j <= self.n_modes]
+        if bad:
+            raise ValueError(f"trainable_modes {bad} outside Noll 1..{self.n_modes}")
+        if self.image_size_px % self.sensor.binning:
+            raise ValueError(
+                f"image_size_px {self.image_size_px} is not divisible by binning "
+                f"{self.sensor.binning}"
+            )
+
+    @property
+    def focal_lengths_m(self) -> tuple[float, ...]:
+        """Focal length per wavelength (fused-silica dispersion if ``chromatic``)."""
+        if not self.chromatic:
+            return tuple(self.focal_length_m for _ in self.wavelengths_m)
+        return tuple(
+            thin_lens_focal_length_m(self.focal_length_m, w, self.design_wavelength_m)
+            for w in self.wavelengths_m
+        )
+
+    @property
+    def trainable(self) -> tuple[int, ...]:
+        """Noll indices that are learnable (default 4..n_modes)."""
+        modes = self.trainable_modes
+        if modes is None:
+            modes = tuple(range(1, self.n_modes + 1))
+        if self.freeze_piston_tip_tilt:
+            modes = tuple(j for j in modes if j > 3)
+        return tuple(sorted(set(modes)))
+
+    @property
+    def output_size_px(self) -> int:
+        return self.image_size_px // self.sensor.binning
+
+    def replace(self, **changes) -> CameraConfig:
+        return dataclasses.replace(self, **changes)
+
+
+class Camera(nn.Module):
+    """Differentiable camera ``y = C(H * x) + noise`` with a learnable Zernike phase plate.
+
+    Parameters
+    ----------
+    config : :class:`CameraConfig`.
+    coefficients_um : ``{noll_index: micrometres of OPD}`` initial values (others 0).
+    init_std_um : standard deviation of a random initialisation of the trainable modes.
+
+    ``psf() -> (C, K, K)`` on the sensor grid, summing to 1 per channel.
+    ``forward(x (B, C, H, W) in [0, 1]) -> y (B, C, H/b, W/b)``.
+    """
+
+    def __init__(self, config: CameraConfig, coefficients_um: dict | None = None,
+                 init_std_um: float = 0.0, generator: torch.Generator | None = None):
+        super().__init__()
+        self.config = config
+        cfg = config
+        coefficients_um = dict(coefficients_um or {})
+        bad = [j for j in coefficients_um if not 1 <= int(j) <= cfg.n_modes]
+        if bad:
+            raise ValueError(f"coefficients for Noll {bad} but the camera has modes 1..{cfg.n_modes}")
+        full = torch.zeros(cfg.n_modes, dtype=torch.float64)
+        for j, v in coefficients_um.items():
+            full[int(j) - 1] = float(v)
+        if not torch.isfinite(full).all():
+            raise ValueError("coefficients must be finite")
+        idx = torch.tensor([j - 1 for j in cfg.trainable], dtype=torch.long)
+        self.register_buffer("trainable_index", idx, persistent=False)
+        init = full[idx].clone()
+        if init_std_um > 0 and len(idx):
+            init += init_std_um * torch.randn(len(idx), generator=generator, dtype=torch.float64)
+        self.register_buffer("frozen_um", full.float())
+        self.trainable_um = nn.Parameter(init.float())
+        d = torch.tensor(cfg.object_distance_m, dtype=torch.float32)
+        if cfg.learn_object_distance:
+            self.object_distance_m = nn.Parameter(d)
+        else:
+            self.register_buffer("object_distance_m", d)
+        n = cfg.pupil_samples
+        self.register_buffer("basis", zernike_basis(cfg.n_modes, n, dtype=torch.float32))
+        self.register_buffer("aperture", circular_aperture(n, dtype=torch.float32))
+        self.register_buffer("focal_lengths_m", torch.tensor(cfg.focal_lengths_m))
+        self.register_buffer("wavelengths_m", torch.tensor(cfg.wavelengths_m, dtype=torch.float64))
+        mft = sensor_mft_matrix(n, 2 * cfg.aperture_radius_m / n, cfg.wavelengths_m,
+                                cfg.sensor_distance_m, cfg.pixel_pitch_m, cfg.psf_size_px,
+                                cfg.pixel_oversample)
+        self.register_buffer("mft", mft, persistent=False)
+
+    # ----------------------------------------------------------------- coefficients
+    def coefficients_um(self) -> torch.Tensor:
+        """Full ``(n_modes,)`` Noll vector 1..n in micrometres of OPD (differentiable)."""
+        return self.frozen_um.index_put((self.trainable_index,), self.trainable_um)
+
+    def coefficients_dict(self) -> dict[int, float]:
+        """``{noll: um}`` of the non-zero coefficients."""
+        c = self.coefficients_um().detach().double().cpu().tolist()
+        return {j + 1: v for j, v in enumerate(c) if v != 0.0}
+
+    def opd_m(self) -> torch.Tensor:
+        """Phase-plate OPD over the pupil grid, ``(N, N)`` metres."""
+        return compose_opd(self.coefficients_um() * 1e-6, self.basis)
+
+    def describe(self) -> str:
+        """One line per non-zero mode, for logs."""
+        return "\n".join(f"Z{j:<3d} {zern_name(j):<20s} {v:+.4f} um"
+                         for j, v in self.coefficients_dict().items())
+
+    # --------------------------------------------------------------------- physics
+    def psf(self, check_sampling: bool = False) -> torch.Tensor:
+        """``(C, K, K)`` sensor PSF, each channel summing to 1."""
+        cfg = self.config
+        opd = self.opd_m()
+        mft = self.mft.to(torch.complex128 if opd.dtype == torch.float64 else torch.complex64)
+        return sensor_psf(
+            opd, aperture=self.aperture, wavelength_m=self.wavelengths_m,
+            aperture_radius_m=cfg.aperture_radius_m,
+            focal_length_m=self.focal_lengths_m.to(opd.dtype),
+            sensor_distance_m=cfg.sensor_distance_m,
+            object_distance_m=self.object_distance_m.to(opd.dtype),
+            pixel_pitch_m=cfg.pixel_pitch_m, psf_size=cfg.psf_size_px,
+            pixel_oversample=cfg.pixel_oversample,
+            mft_y=mft, mft_x=mft,
+            check_sampling=check_sampling,
+        )
+
+    def validate(self) -> None:
+        """Raise :class:`SamplingError` if the current coefficients alias on the pupil grid."""
+        with torch.no_grad():
+            self.psf(check_sampling=True)
+
+    def forward(self, x: torch.Tensor, *, noise: bool = True,
+                generator: torch.Generator | None = None, psf: torch.Tensor | None = None):
+        """Image ``x (B, C, H, W)`` in [0, 1] through the camera."""
+        if x.shape[-3] != len(self.config.wavelengths_m):
+            raise ValueError(
+                f"image has {x.shape[-3]} channels, camera has {len(self.config.wavelengths_m)}"
+            )
+        h = self.psf() if psf is None else psf
+        return form_image(x, h.to(x.dtype), self.config.sensor, noise=noise, generator=generator)
+
+
+def defocus_target_psf(config: CameraConfig, defocus_um: float) -> torch.Tensor:
+    """Stage-1 target ``H_f``: the camera's PSF with only a Noll ``Z4`` of ``defocus_um``
+    micrometres of OPD (RMS over the pupil) added to its own geometry. ``(C, K, K)``."""
+    if not math.isfinite(defocus_um):
+        raise ValueError(f"defocus must be finite, got {defocus_um}")
+    cfg = config.replace(n_modes=max(4, config.n_modes), trainable_modes=())
+    cam = Camera(cfg, {4: defocus_um})
+    try:
+        cam.validate()
+    except SamplingError as e:
+        raise SamplingError(f"defocus target of {defocus_um} um: {e}") from None
+    with torch.no_grad():
+        return cam.psf()

@@ -1,0 +1,236 @@
+"""Point-spread functions of a circular pupil carrying a Zernike phase mask.
+
+References
+----------
+- J. W. Goodman, *Introduction to Fourier Optics*, 3rd ed.: sec. 4.2 (Fresnel integral),
+  5.2 (thin lens phase ``exp(-i k r^2 / 2f)``), 6.4 (aberrations, generalised pupil).
+- M. Born and E. Wolf, *Principles of Optics*, sec. 9.2 (defocus as a wave aberration).
+
+Two models:
+
+- :func:`fraunhofer_psf` is the far-field PSF in angular units, computed exactly as poppy's
+  ``OpticalSystem`` does (zero-padded FFT), so poppy is a pixel-for-pixel oracle.
+- :func:`sensor_psf` is the physical camera: point source at object distance ``d``, Zernike
+  phase plate, thin lens (optionally chromatic), Fresnel propagation over ``z`` to a sensor of
+  pixel pitch ``p``, integrated over each pixel and normalised to sum 1 per channel.
+
+Sign convention: poppy's, see :mod:`optics.propagation`. In it a point source at ``d`` adds
+``+pi r^2 / (lambda d)``, a lens ``-pi r^2/(lambda f)`` and the Fresnel kernel
+``+pi r^2/(lambda z)``: the residual curvature left on the pupil is the *vergence*
+``V = 1/d - 1/f + 1/z`` (dioptres), which vanishes at focus (the lens equation). Defocus by
+``V`` is the same as a Noll ``Z4`` term of ``beta4 = V a^2 / (4 sqrt 3)`` metres of OPD
+(``a`` the aperture radius), up to piston.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .propagation import SamplingError, centred_coords, mft, mft_matrices
+from .zernike import compose_opd, zernike_basis
+
+__all__ = [
+    "circular_aperture",
+    "fraunhofer_psf",
+    "fraunhofer_pixel_scale_rad",
+    "FraunhoferPSF",
+    "vergence_dpt",
+    "defocus_to_z4_m",
+    "max_phase_step_rad",
+    "sensor_psf",
+    "sensor_mft_matrix",
+    "SamplingError",
+]
+
+
+def circular_aperture(npix: int, *, dtype=torch.float64, device=None) -> torch.Tensor:
+    """Hard-edged disk inscribed in an ``npix`` pixel-centred grid (1 inside, 0 outside);
+    the same samples as poppy's ``CircularAperture(gray_pixel=False)``."""
+    c = (torch.arange(npix, dtype=torch.float64, device=device) - (npix - 1) / 2) * (2.0 / npix)
+    r = torch.hypot(c[:, None], c[None, :])
+    return (r <= 1.0).to(dtype)
+
+
+def fraunhofer_pixel_scale_rad(wavelength_m, pupil_diameter_m: float, oversample: int = 2):
+    """Angular pixel scale ``lambda / (D * oversample)`` (radians) of :func:`fraunhofer_psf`."""
+    return np.asarray(wavelength_m, dtype=float) / (pupil_diameter_m * oversample)
+
+
+def _checkerboard(n: int, *, dtype=torch.float64, device=None) -> torch.Tensor:
+    i = torch.arange(n, device=device)
+    return (1 - 2 * ((i[:, None] + i[None, :]) % 2)).to(dtype)
+
+
+class FraunhoferPSF(torch.nn.Module):
+    """Fast, differentiable far-field PSF for fixed sampling (basis and aperture built once).
+
+    ``forward(coefficients_m (..., p)) -> (..., C, M, M)`` with ``M = npix * oversample``, one
+    channel per wavelength, each normalised to sum 1; channel ``c`` has pixel scale
+    ``lambda_c / (D * oversample)`` radians and its optical axis at pixel ``M // 2``.
+
+    Speed: the output ``fftshift`` is folded into the aperture as a ``(-1)^(x+y)``
+    checkerboard, and the zero padding is pruned (the first 1-D pass runs on the ``npix``
+    non-zero rows only).
+    """
+
+    def __init__(self, n_terms: int, wavelength_m, npix: int, oversample: int = 2,
+                 dtype=torch.float32, device=None):
+        super().__init__()
+        if oversample < 1 or int(oversample) != oversample:
+            raise ValueError(f"oversample must be a positive integer, got {oversample}")
+        if npix * oversample % 2:
+            raise ValueError("npix * oversample must be even")
+        lam = torch.as_tensor(wavelength_m, dtype=torch.float64).reshape(-1)
+        if not bool((lam > 0).all()):
+            raise ValueError(f"wavelengths must be positive, got {lam.tolist()} m")
+        self.npix, self.oversample, self.m = npix, int(oversample), npix * int(oversample)
+        self.register_buffer("basis", zernike_basis(n_terms, npix, dtype=dtype, device=device))
+        self.register_buffer(
+            "wavenumber", (2 * math.pi / lam).to(dtype=dtype, device=device).reshape(-1, 1, 1)
+        )
+        amp = circular_aperture(npix, device=device) * _checkerboard(npix, device=device)
+        self.register_buffer("amplitude", amp.to(dtype))
+
+    def forward(self, coefficients_m: torch.Tensor) -> torch.Tensor:
+        opd = compose_opd(coefficients_m, self.basis).unsqueeze(-3)  # (..., 1, N, N)
+        field = torch.polar(self.amplitude.expand_as(opd), self.wavenumber * opd)
+        field = torch.fft.ifft(field, n=self.m, dim=-1)
+        field = torch.fft.ifft(field, n=self.m, dim=-2)
+        intensity = field.real**2 + field.imag**2
+        return intensity / intensity.sum(dim=(-2, -1), keepdim=True)
+
+
+def fraunhofer_psf(coefficients_m, wavelength_m, pupil_diameter_m: float, npix: int,
+                   oversample: int = 2):
+    """Far-field PSF of a circular pupil with a Noll Zernike OPD; poppy's Fraunhofer model.
+
+    Parameters
+    ----------
+    coefficients_m : ``(p,)`` Noll coefficients 1..p in **metres of OPD** (numpy or torch).
+    wavelength_m : scalar or ``(C,)`` wavelengths in metres.
+    pupil_diameter_m : diameter ``D`` of the pupil, which fills the ``npix`` grid. It sets only
+        the pixel scale, ``lambda / (D * oversample)`` radians.
+    npix : pupil samples across ``D``; output is ``npix * oversample`` square.
+
+    Returns ``(M, M)`` for a scalar wavelength, else ``(C, M, M)``, each summing to 1; numpy
+    in, numpy out (float64); torch in, torch out (dtype of the input, differentiable).
+    """
+    if not pupil_diameter_m > 0:
+        raise ValueError(f"pupil diameter must be positive, got {pupil_diameter_m} m")
+    as_numpy = not isinstance(coefficients_m, torch.Tensor)
+    c = torch.as_tensor(np.asarray(coefficients_m, dtype=float) if as_numpy else coefficients_m)
+    scalar = np.ndim(wavelength_m) == 0
+    model = FraunhoferPSF(c.shape[-1], wavelength_m, npix, oversample, dtype=c.dtype,
+                          device=c.device)
+    psf = model(c)
+    if scalar:
+        psf = psf.squeeze(-3)
+    return psf.detach().numpy() if as_numpy else psf
+
+
+def vergence_dpt(object_distance_m, focal_length_m, sensor_distance_m):
+    """Residual vergence ``1/d - 1/f + 1/z`` in dioptres (1/m); 0 when the sensor is at the
+    image of the object. ``object_distance_m = inf`` is a source at infinity."""
+    return 1.0 / object_distance_m - 1.0 / focal_length_m + 1.0 / sensor_distance_m
+
+
+def defocus_to_z4_m(vergence, aperture_radius_m: float):
+    """Noll ``Z4`` coefficient (metres of OPD) equivalent to a residual vergence (dioptres):
+    ``pi V r^2 / lambda = 2 pi (2 sqrt3 beta4 rho^2) / lambda`` with ``r = a rho``."""
+    return vergence * aperture_radius_m**2 / (4 * math.sqrt(3))
+
+
+def max_phase_step_rad(phase: torch.Tensor, aperture: torch.Tensor) -> float:
+    """Largest phase difference (radians) between neighbouring pupil samples inside the
+    aperture; above ``pi`` the sampled phasor aliases."""
+    inside_x = (aperture[..., :, 1:] > 0) & (aperture[..., :, :-1] > 0)
+    inside_y = (aperture[..., 1:, :] > 0) & (aperture[..., :-1, :] > 0)
+    dx = (phase[..., :, 1:] - phase[..., :, :-1]).abs() * inside_x
+    dy = (phase[..., 1:, :] - phase[..., :-1, :]).abs() * inside_y
+    return float(torch.maximum(dx.amax(), dy.amax()))
+
+
+def sensor_psf(opd_m, *, aperture, wavelength_m, aperture_radius_m: float, focal_length_m,
+               sensor_distance_m: float, object_distance_m, pixel_pitch_m: float,
+               psf_size: int, pixel_oversample: int = 2, mft_y=None, mft_x=None,
+               check_sampling: bool = True):
+    """Physical PSF on the sensor, per wavelength, normalised to sum 1.
+
+    Parameters
+    ----------
+    opd_m : ``(..., N, N)`` phase-plate OPD in **metres** over the pupil grid, which spans the
+        aperture diameter ``2a`` (pixel-centred, pitch ``2a/N``).
+    aperture : ``(N, N)`` amplitude transmission.
+    wavelength_m, focal_length_m : ``(C,)`` tensors (chromatic lenses have one ``f`` per
+        wavelength).
+    object_distance_m : scalar (may be ``inf``; may require grad).
+    pixel_pitch_m : sensor pixel pitch; the PSF is integrated over each pixel by averaging
+        ``pixel_oversample^2`` sub-samples.
+    psf_size : output pixels per side; the optical axis is at pixel ``psf_size // 2``.
+    mft_y, mft_x : precomputed :func:`mft_matrices` (optional, for speed).
+
+    The lens-to-sensor Fresnel integral is evaluated in its single-transform
+    (impulse-response) form: the quadratic phases of source, lens and kernel are folded into
+    the vergence ``V`` on the pupil, and the Fourier integral is evaluated directly on the
+    sensor sub-pixels by a matrix Fourier transform. It is valid while the pupil phase is
+    Nyquist-sampled (``SamplingError`` otherwise) and the PSF window is smaller than the
+    alias period ``lambda z / dx``.
+
+    Returns ``(..., C, psf_size, psf_size)``.
+    """
+    lam = torch.as_tensor(wavelength_m, dtype=torch.float64).reshape(-1)
+    n = opd_m.shape[-1]
+    dx = 2 * aperture_radius_m / n
+    real = opd_m.dtype
+    lam_t = lam.to(device=opd_m.device, dtype=real).reshape(-1, 1, 1)
+    f_t = torch.as_tensor(focal_length_m, dtype=real, device=opd_m.device).reshape(-1, 1, 1)
+    xi = centred_coords(n, dx, dtype=real, device=opd_m.device)
+    r2 = xi[:, None] ** 2 + xi[None, :] ** 2
+    d = object_distance_m
+    if not isinstance(d, torch.Tensor):
+        d = torch.tensor(float(d), dtype=real, device=opd_m.device)
+    v = 1.0 / d - 1.0 / f_t + 1.0 / sensor_distance_m  # (C, 1, 1) dioptres
+    phase = (2 * math.pi / lam_t) * opd_m.unsqueeze(-3) + (math.pi / lam_t) * v * r2
+    if check_sampling:
+        step = max_phase_step_rad(phase.detach(), aperture)
+        if step > math.pi:
+            raise SamplingError(
+                f"pupil phase changes by {step:.3g} rad between samples (> pi): the defocus "
+                f"or Zernike amplitude is too large for {n} pupil samples; raise pupil_samples"
+            )
+        period = float(lam.min()) * sensor_distance_m / dx
+        window = psf_size * pixel_pitch_m
+        if window > period:
+            raise SamplingError(
+                f"PSF window {window * 1e3:.3g} mm exceeds the alias period lambda z / dx = "
+                f"{period * 1e3:.3g} mm; raise pupil_samples or shrink psf_size"
+            )
+    field = torch.polar(aperture.to(real).expand_as(phase), phase)
+    if mft_y is None or mft_x is None:
+        mft_y = mft_x = sensor_mft_matrix(n, dx, lam, sensor_distance_m, pixel_pitch_m,
+                                          psf_size, pixel_oversample, device=opd_m.device,
+                                          dtype=field.dtype)
+    out = mft(field, mft_y, mft_x)
+    intensity = out.real**2 + out.imag**2
+    s, o = psf_size, pixel_oversample
+    intensity = intensity.unflatten(-1, (s, o)).unflatten(-3, (s, o)).sum(dim=(-3, -1))
+    return intensity / intensity.sum(dim=(-2, -1), keepdim=True)
+
+
+def sensor_mft_matrix(n: int, dx_m: float, wavelength_m, sensor_distance_m: float,
+                      pixel_pitch_m: float, psf_size: int, pixel_oversample: int = 2, *,
+                      device=None, dtype=torch.complex128):
+    """``(C, psf_size * o, N)`` transform from pupil samples to sensor sub-pixel centres; the
+    optical axis is the centre of pixel ``psf_size // 2``."""
+    o = pixel_oversample
+    if o < 1:
+        raise ValueError(f"pixel_oversample must be >= 1, got {o}")
+    xi = centred_coords(n, dx_m, device=device)
+    pix = centred_coords(psf_size, pixel_pitch_m, device=device, centre=psf_size // 2)
+    sub = centred_coords(o, pixel_pitch_m / o, device=device)
+    x_out = (pix[:, None] + sub[None, :]).reshape(-1)
+    return mft_matrices(xi, x_out, wavelength_m, sensor_distance_m, dtype=dtype)
+
