@@ -66,7 +66,7 @@ def _wrap_kernel(psf: torch.Tensor, nh: int, nw: int) -> torch.Tensor:
     kh, kw = psf.shape[-2:]
     ph, pw = -(-kh // nh) * nh, -(-kw // nw) * nw
     k = F.pad(psf, (0, pw - kw, 0, ph - kh))
-    k = k.reshape(*psf.shape[:-2], ph // nh, nh, pw // nw, nw)[..., 0, :, 0, :]
+    k = k.reshape(*psf.shape[:-2], ph // nh, nh, pw // nw, nw).sum(dim=(-4, -2))
     return torch.roll(k, shifts=(-(kh // 2), -(kw // 2)), dims=(-2, -1))
 
 
