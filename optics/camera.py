@@ -127,7 +127,9 @@ class Camera(nn.Module):
         coefficients_um = dict(coefficients_um or {})
         bad = [j for j in coefficients_um if not 1 <= int(j) <= cfg.n_modes]
         if bad:
-            raise ValueError(f"coefficients for Noll {bad} but the camera has modes 1..{cfg.n_modes}")
+            raise ValueError(
+                f"coefficients for Noll {bad} but the camera has modes 1..{cfg.n_modes}"
+            )
         full = torch.zeros(cfg.n_modes, dtype=torch.float64)
         for j, v in coefficients_um.items():
             full[int(j) - 1] = float(v)

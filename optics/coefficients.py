@@ -36,7 +36,9 @@ def parse_coefficients(data, source: str = "coefficients") -> dict[int, float]:
         raise CoefficientsError(f"{source}: convention {conv!r} is not supported (use 'noll')")
     units = data.get("units", "um_opd")
     if units not in UNITS_TO_UM:
-        raise CoefficientsError(f"{source}: units {units!r} unknown; use one of {list(UNITS_TO_UM)}")
+        raise CoefficientsError(
+            f"{source}: units {units!r} unknown; use one of {list(UNITS_TO_UM)}"
+        )
     coeffs = data["coefficients"]
     if isinstance(coeffs, list):  # a list means Noll 1, 2, 3, ...
         coeffs = {i + 1: v for i, v in enumerate(coeffs)}
