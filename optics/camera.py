@@ -177,8 +177,9 @@ class Camera(nn.Module):
                          for j, v in self.coefficients_dict().items())
 
     # --------------------------------------------------------------------- physics
-    def psf(self, check_sampling: bool = False) -> torch.Tensor:
-        """``(C, K, K)`` sensor PSF, each channel summing to 1."""
+    def psf(self, check_sampling: bool = False, normalize: bool = True) -> torch.Tensor:
+        """``(C, K, K)`` sensor PSF, each channel summing to 1 (``normalize=False``: fraction
+        of the pupil power per pixel, see :func:`optics.psf.sensor_psf`)."""
         cfg = self.config
         opd = self.opd_m()
         mft = self.mft.to(torch.complex128 if opd.dtype == torch.float64 else torch.complex64)
@@ -191,13 +192,26 @@ class Camera(nn.Module):
             pixel_pitch_m=cfg.pixel_pitch_m, psf_size=cfg.psf_size_px,
             pixel_oversample=cfg.pixel_oversample,
             mft_y=mft, mft_x=mft,
-            check_sampling=check_sampling,
+            check_sampling=check_sampling, normalize=normalize,
         )
 
-    def validate(self) -> None:
-        """Raise :class:`SamplingError` if the current coefficients alias on the pupil grid."""
+    def captured_energy(self) -> torch.Tensor:
+        """``(C,)`` fraction of the light through the pupil that lands in the PSF window."""
+        with torch.no_grad():
+            return self.psf(normalize=False).sum(dim=(-2, -1))
+
+    def validate(self, min_captured: float = 0.95) -> None:
+        """Raise :class:`SamplingError` if the current coefficients alias on the pupil grid;
+        log a warning if the PSF window cuts off more than ``1 - min_captured`` of the light."""
         with torch.no_grad():
             self.psf(check_sampling=True)
+        captured = self.captured_energy()
+        if float(captured.min()) < min_captured:
+            log.warning(
+                "%s: the %d px PSF window holds only %s of the light; the PSF is truncated "
+                "(raise psf_size_px)", self.config.name, self.config.psf_size_px,
+                ", ".join(f"{float(c):.1%}" for c in captured),
+            )
 
     def forward(self, x: torch.Tensor, *, noise: bool = True,
                 generator: torch.Generator | None = None, psf: torch.Tensor | None = None):

@@ -156,7 +156,7 @@ def max_phase_step_rad(phase: torch.Tensor, aperture: torch.Tensor) -> float:
 def sensor_psf(opd_m, *, aperture, wavelength_m, aperture_radius_m: float, focal_length_m,
                sensor_distance_m: float, object_distance_m, pixel_pitch_m: float,
                psf_size: int, pixel_oversample: int = 2, mft_y=None, mft_x=None,
-               check_sampling: bool = True):
+               check_sampling: bool = True, normalize: bool = True):
     """Physical PSF on the sensor, per wavelength, normalised to sum 1.
 
     Parameters
@@ -171,6 +171,8 @@ def sensor_psf(opd_m, *, aperture, wavelength_m, aperture_radius_m: float, focal
         ``pixel_oversample^2`` sub-samples.
     psf_size : output pixels per side; the optical axis is at pixel ``psf_size // 2``.
     mft_y, mft_x : precomputed :func:`mft_matrices` (optional, for speed).
+    normalize : if False, each pixel holds the fraction of the power entering the pupil that
+        falls on it, so the channel sum is the energy captured by the window (<= 1).
 
     The lens-to-sensor Fresnel integral is evaluated in its single-transform
     (impulse-response) form: the quadratic phases of source, lens and kernel are folded into
@@ -217,6 +219,10 @@ def sensor_psf(opd_m, *, aperture, wavelength_m, aperture_radius_m: float, focal
     intensity = out.real**2 + out.imag**2
     s, o = psf_size, pixel_oversample
     intensity = intensity.unflatten(-1, (s, o)).unflatten(-3, (s, o)).sum(dim=(-3, -1))
+    if not normalize:  # Parseval: |u|^2 = dx^4 |MFT|^2 / (lambda z)^2 per sub-pixel area
+        power_in = (aperture.to(real) ** 2).sum()
+        scale = dx**2 * (pixel_pitch_m / o) ** 2 / (lam_t * sensor_distance_m) ** 2
+        return intensity * scale / power_in
     return intensity / intensity.sum(dim=(-2, -1), keepdim=True)
 
 

@@ -21,7 +21,7 @@ wavefront is ``opd = sum_j beta_j Z_j`` in whatever length unit ``beta`` carries
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from math import factorial, sqrt
 
 import numpy as np
@@ -66,7 +66,7 @@ def _check_index(j) -> int:
     return int(j)
 
 
-@lru_cache(maxsize=None)
+@cache
 def noll_to_nm(j: int) -> tuple[int, int]:
     """Radial order ``n`` and signed azimuthal frequency ``m`` of Noll index ``j`` (>= 1)."""
     j = _check_index(j)
@@ -96,7 +96,7 @@ def zern_name(j: int) -> str:
     return _NAMES.get(j, f"Z{j} (n={n}, m={m})")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _radial_coefficients(n: int, m_abs: int) -> tuple[tuple[int, int], ...]:
     """(power, integer coefficient) pairs of the radial polynomial R_n^|m|."""
     terms = []

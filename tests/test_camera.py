@@ -154,3 +154,20 @@ def test_bad_config(bad):
     with pytest.raises(ValueError):
         small_config(**({"sensor": get_preset("lr16").sensor} if "image_size_px" in bad else {}),
                      **bad)
+
+
+def test_absolute_peak_and_captured_energy():
+    """Unnormalised PSF: the in-focus peak per pixel is A p^2 / (lambda z)^2 (A the pupil area),
+    and a window much larger than the PSF captures all the light."""
+    cfg = small_config(pupil_samples=64, psf_size_px=64, wavelengths_m=(550e-9,),
+                       pixel_pitch_m=1e-6)
+    cam = Camera(cfg)
+    raw = cam.psf(normalize=False).double()
+    n, a = cfg.pupil_samples, cfg.aperture_radius_m
+    area = float(cam.aperture.sum()) * (2 * a / n) ** 2
+    lam, z = 550e-9, cfg.sensor_distance_m
+    assert float(raw.max()) == pytest.approx(area * cfg.pixel_pitch_m**2 / (lam * z) ** 2, rel=1e-4)
+    wide = Camera(cfg.replace(psf_size_px=128, pixel_pitch_m=3e-6))
+    assert float(wide.captured_energy()) == pytest.approx(1.0, abs=5e-3)
+    narrow = Camera(cfg.replace(psf_size_px=4))
+    assert float(narrow.captured_energy()) < 0.5
