@@ -109,8 +109,8 @@ def cmd_presets(args) -> int:
         c = PRESETS[name]
         print(f"{name:14s} {c.description}")
         print(f"{'':14s} aperture radius {c.aperture_radius_m * 1e3:g} mm, "
-              f"f {c.focal_length_m * 1e3:.2f} mm, sensor at {c.sensor_distance_m * 1e3:g} mm, object at "
-              f"{c.object_distance_m:g} m, pixel {c.pixel_pitch_m * 1e6:.3f} um, "
+              f"f {c.focal_length_m * 1e3:.2f} mm, sensor at {c.sensor_distance_m * 1e3:g} mm, "
+              f"object at {c.object_distance_m:g} m, pixel {c.pixel_pitch_m * 1e6:.3f} um, "
               f"{c.n_modes} modes, {c.image_size_px}->{c.output_size_px} px")
     return 0
 
