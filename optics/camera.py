@@ -18,7 +18,7 @@ from torch import nn
 from .imaging import SensorModel, form_image
 from .materials import thin_lens_focal_length_m
 from .propagation import SamplingError
-from .psf import circular_aperture, sensor_mft_matrix, sensor_psf
+from .psf import circular_aperture, sensor_mft_matrix, sensor_propagation_method, sensor_psf
 from .zernike import compose_opd, zern_name, zernike_basis
 
 __all__ = ["CameraConfig", "Camera", "defocus_target_psf"]
@@ -152,6 +152,10 @@ class Camera(nn.Module):
         self.register_buffer("aperture", circular_aperture(n, dtype=torch.float32))
         self.register_buffer("focal_lengths_m", torch.tensor(cfg.focal_lengths_m))
         self.register_buffer("wavelengths_m", torch.tensor(cfg.wavelengths_m, dtype=torch.float64))
+        # the Fresnel form that samples this geometry (re-chosen per call if d is learnable)
+        self.method = "auto" if cfg.learn_object_distance else sensor_propagation_method(
+            n, cfg.aperture_radius_m, cfg.wavelengths_m, cfg.focal_lengths_m,
+            cfg.sensor_distance_m, cfg.object_distance_m, cfg.pixel_pitch_m, cfg.psf_size_px)
         mft = sensor_mft_matrix(n, 2 * cfg.aperture_radius_m / n, cfg.wavelengths_m,
                                 cfg.sensor_distance_m, cfg.pixel_pitch_m, cfg.psf_size_px,
                                 cfg.pixel_oversample)
@@ -192,7 +196,7 @@ class Camera(nn.Module):
             pixel_pitch_m=cfg.pixel_pitch_m, psf_size=cfg.psf_size_px,
             pixel_oversample=cfg.pixel_oversample,
             mft_y=mft, mft_x=mft,
-            check_sampling=check_sampling, normalize=normalize,
+            check_sampling=check_sampling, normalize=normalize, method=self.method,
         )
 
     def captured_energy(self) -> torch.Tensor:

@@ -13,11 +13,14 @@ Conventions
 -----------
 Fields are complex tensors ``(..., N, N)`` sampled on a pixel-centred square grid of pitch
 ``dx_m`` (rows y, columns x). Wavelengths and distances are in **metres**. The constant phase
-``exp(ikz)`` is dropped. The Fresnel kernel is ``exp(+i pi r^2 / (lambda z))``, the time
-convention that goes with poppy's phasor ``exp(+i 2 pi OPD / lambda)`` (a point source at
-distance ``d`` gives ``exp(+i pi r^2 / (lambda d))``, a thin lens ``exp(-i pi r^2/(lambda f))``),
-and the output of the single-transform form uses poppy's inverse-transform kernel
-``exp(+2 pi i x.xi / (lambda z))``, so PSFs agree with poppy pixel for pixel.
+``exp(ikz)`` is dropped. Phases follow Goodman's ``exp(-i omega t)`` convention: the Fresnel
+kernel is ``exp(+i pi r^2 / (lambda z))``, a point source at distance ``d`` gives
+``exp(+i pi r^2 / (lambda d))``, a thin lens ``exp(-i pi r^2 / (lambda f))``, and an OPD
+the phasor ``exp(+i 2 pi OPD / lambda)`` (poppy's). :func:`fresnel_tf` and :func:`fresnel_ir`
+keep Goodman's coordinates. The camera's sensor coordinates are poppy's, point-reflected
+with respect to Goodman's (``x -> -x``, the inversion a real lens produces): in the
+single-transform form that is the inverse-DFT kernel ``exp(+2 pi i x.xi / (lambda z))`` of
+:func:`mft_matrices`, and it makes PSFs agree with poppy's pixel for pixel.
 """
 
 from __future__ import annotations

@@ -14,9 +14,11 @@ Two models:
   phase plate, thin lens (optionally chromatic), Fresnel propagation over ``z`` to a sensor of
   pixel pitch ``p``, integrated over each pixel and normalised to sum 1 per channel.
 
-Sign convention: poppy's, see :mod:`optics.propagation`. In it a point source at ``d`` adds
-``+pi r^2 / (lambda d)``, a lens ``-pi r^2/(lambda f)`` and the Fresnel kernel
-``+pi r^2/(lambda z)``: the residual curvature left on the pupil is the *vergence*
+Sign conventions (see :mod:`optics.propagation`): phases follow Goodman, so a point source at
+``d`` adds ``+pi r^2 / (lambda d)``, a lens ``-pi r^2/(lambda f)`` and the Fresnel kernel
+``+pi r^2/(lambda z)``; sensor coordinates follow poppy (point-reflected with respect to
+Goodman's, as a real lens inverts the image), so PSFs match poppy's pixel for pixel. The
+residual curvature left on the pupil is the *vergence*
 ``V = 1/d - 1/f + 1/z`` (dioptres), which vanishes at focus (the lens equation). Defocus by
 ``V`` is the same as a Noll ``Z4`` term of ``beta4 = V a^2 / (4 sqrt 3)`` metres of OPD
 (``a`` the aperture radius), up to piston.
@@ -29,7 +31,7 @@ import math
 import numpy as np
 import torch
 
-from .propagation import SamplingError, centred_coords, mft, mft_matrices
+from .propagation import SamplingError, centred_coords, fresnel_tf, mft, mft_matrices
 from .zernike import compose_opd, zernike_basis
 
 __all__ = [
@@ -42,6 +44,9 @@ __all__ = [
     "max_phase_step_rad",
     "sensor_psf",
     "sensor_mft_matrix",
+    "sensor_propagation_method",
+    "tf_grid_size",
+    "pixel_overlap_matrix",
     "SamplingError",
 ]
 
@@ -153,10 +158,72 @@ def max_phase_step_rad(phase: torch.Tensor, aperture: torch.Tensor) -> float:
     return float(torch.maximum(dx.amax(), dy.amax()))
 
 
+def _vergences(object_distance_m, focal_length_m, sensor_distance_m):
+    d = float(object_distance_m)
+    f = np.asarray(focal_length_m, dtype=float).reshape(-1)
+    source_lens = 1.0 / d - 1.0 / f  # curvature left on the pupil by source and lens
+    return source_lens, source_lens + 1.0 / sensor_distance_m
+
+
+def tf_grid_size(n: int, dx_m: float, window_m: float) -> int:
+    """Samples per side of the zero-padded grid of the transfer-function form: at least twice
+    the pupil, and the sensor window plus the pupil (so light does not wrap into it)."""
+    from scipy.fft import next_fast_len
+
+    return next_fast_len(max(2 * n, int(math.ceil(window_m / dx_m)) + n))
+
+
+def sensor_propagation_method(n: int, aperture_radius_m: float, wavelength_m, focal_length_m,
+                              sensor_distance_m: float, object_distance_m, pixel_pitch_m: float,
+                              psf_size: int) -> str:
+    """Which Fresnel form samples this geometry: ``'ir'`` or ``'tf'`` (else SamplingError).
+
+    - ``'ir'`` (single transform, evaluated by MFT on the sensor): the residual vergence
+      ``V = 1/d - 1/f + 1/z`` must change the pupil phase by at most pi per sample, and the
+      sensor window must fit in the alias period ``lambda z / dx``. Preferred when it holds.
+    - ``'tf'`` (transfer function on a zero-padded pupil grid, then exact area integration onto
+      the pixels): the source-and-lens curvature ``1/d - 1/f`` must be sampled, the pupil pitch
+      must not exceed the pixel pitch, and ``z <= M dx^2 / lambda`` (Voelz) on the padded grid.
+      This is the near-field case, e.g. a lensless mask a few millimetres from the sensor.
+    """
+    lam = np.asarray(wavelength_m, dtype=float).reshape(-1)
+    a, z = aperture_radius_m, sensor_distance_m
+    dx = 2 * a / n
+    window = psf_size * pixel_pitch_m
+    source_lens, residual = _vergences(object_distance_m, focal_length_m, z)
+    ir_step = float(np.max(2 * math.pi * np.abs(residual) * a * dx / lam))
+    ir_period = float(lam.min()) * z / dx
+    if ir_step <= math.pi and window <= ir_period:
+        return "ir"
+    m = tf_grid_size(n, dx, window)
+    tf_step = float(np.max(2 * math.pi * np.abs(source_lens) * a * dx / lam))
+    z_crit = m * dx**2 / float(lam.max())
+    if tf_step <= math.pi and dx <= pixel_pitch_m and z <= z_crit:
+        return "tf"
+    raise SamplingError(
+        f"no Fresnel form is sampled: impulse-response needs a residual-defocus phase step "
+        f"<= pi (got {ir_step:.3g} rad) and a window <= lambda z/dx = {ir_period * 1e3:.3g} mm "
+        f"(got {window * 1e3:.3g} mm); transfer-function needs a lens-curvature step <= pi "
+        f"(got {tf_step:.3g} rad), pupil pitch {dx * 1e6:.3g} um <= pixel pitch "
+        f"{pixel_pitch_m * 1e6:.3g} um and z <= {z_crit:.3g} m; raise pupil_samples"
+    )
+
+
+def pixel_overlap_matrix(cell_centres_m, cell_pitch_m: float, pixel_centres_m,
+                         pixel_pitch_m: float) -> torch.Tensor:
+    """``B[k, i]``: fraction of grid cell ``i`` lying inside sensor pixel ``k`` (1-D), so
+    ``B @ E @ B.T`` integrates a piecewise-constant cell energy ``E`` exactly over pixels."""
+    lo = torch.maximum(pixel_centres_m[:, None] - pixel_pitch_m / 2,
+                       cell_centres_m[None, :] - cell_pitch_m / 2)
+    hi = torch.minimum(pixel_centres_m[:, None] + pixel_pitch_m / 2,
+                       cell_centres_m[None, :] + cell_pitch_m / 2)
+    return (hi - lo).clamp(min=0) / cell_pitch_m
+
+
 def sensor_psf(opd_m, *, aperture, wavelength_m, aperture_radius_m: float, focal_length_m,
                sensor_distance_m: float, object_distance_m, pixel_pitch_m: float,
                psf_size: int, pixel_oversample: int = 2, mft_y=None, mft_x=None,
-               check_sampling: bool = True, normalize: bool = True):
+               check_sampling: bool = True, normalize: bool = True, method: str = "auto"):
     """Physical PSF on the sensor, per wavelength, normalised to sum 1.
 
     Parameters
@@ -165,21 +232,21 @@ def sensor_psf(opd_m, *, aperture, wavelength_m, aperture_radius_m: float, focal
         aperture diameter ``2a`` (pixel-centred, pitch ``2a/N``).
     aperture : ``(N, N)`` amplitude transmission.
     wavelength_m, focal_length_m : ``(C,)`` tensors (chromatic lenses have one ``f`` per
-        wavelength).
+        wavelength; ``inf`` means no lens).
     object_distance_m : scalar (may be ``inf``; may require grad).
-    pixel_pitch_m : sensor pixel pitch; the PSF is integrated over each pixel by averaging
-        ``pixel_oversample^2`` sub-samples.
+    pixel_pitch_m : sensor pixel pitch; the PSF is integrated over each pixel (``'ir'``: by
+        averaging ``pixel_oversample^2`` sub-samples; ``'tf'``: exactly, cell by cell).
     psf_size : output pixels per side; the optical axis is at pixel ``psf_size // 2``.
-    mft_y, mft_x : precomputed :func:`mft_matrices` (optional, for speed).
+    mft_y, mft_x : precomputed :func:`sensor_mft_matrix` (optional, for speed; ``'ir'``).
     normalize : if False, each pixel holds the fraction of the power entering the pupil that
         falls on it, so the channel sum is the energy captured by the window (<= 1).
+    method : ``'auto'`` picks by :func:`sensor_propagation_method`; or ``'ir'`` / ``'tf'``.
 
-    The lens-to-sensor Fresnel integral is evaluated in its single-transform
-    (impulse-response) form: the quadratic phases of source, lens and kernel are folded into
-    the vergence ``V`` on the pupil, and the Fourier integral is evaluated directly on the
-    sensor sub-pixels by a matrix Fourier transform. It is valid while the pupil phase is
-    Nyquist-sampled (``SamplingError`` otherwise) and the PSF window is smaller than the
-    alias period ``lambda z / dx``.
+    ``'ir'``: the lens-to-sensor Fresnel integral in its single-transform (impulse-response)
+    form: the quadratic phases of source, lens and kernel fold into the vergence ``V`` on the
+    pupil, and the Fourier integral is evaluated directly on the sensor sub-pixels by a matrix
+    Fourier transform. ``'tf'``: transfer-function propagation of the zero-padded pupil field.
+    With ``check_sampling`` the phase (including the mask) is checked for aliasing.
 
     Returns ``(..., C, psf_size, psf_size)``.
     """
@@ -187,15 +254,24 @@ def sensor_psf(opd_m, *, aperture, wavelength_m, aperture_radius_m: float, focal
     n = opd_m.shape[-1]
     dx = 2 * aperture_radius_m / n
     real = opd_m.dtype
-    lam_t = lam.to(device=opd_m.device, dtype=real).reshape(-1, 1, 1)
-    f_t = torch.as_tensor(focal_length_m, dtype=real, device=opd_m.device).reshape(-1, 1, 1)
-    xi = centred_coords(n, dx, dtype=real, device=opd_m.device)
-    r2 = xi[:, None] ** 2 + xi[None, :] ** 2
+    dev = opd_m.device
+    lam_t = lam.to(device=dev, dtype=real).reshape(-1, 1, 1)
+    f_t = torch.as_tensor(focal_length_m, dtype=real, device=dev).reshape(-1, 1, 1)
     d = object_distance_m
     if not isinstance(d, torch.Tensor):
-        d = torch.tensor(float(d), dtype=real, device=opd_m.device)
-    v = 1.0 / d - 1.0 / f_t + 1.0 / sensor_distance_m  # (C, 1, 1) dioptres
-    phase = (2 * math.pi / lam_t) * opd_m.unsqueeze(-3) + (math.pi / lam_t) * v * r2
+        d = torch.tensor(float(d), dtype=real, device=dev)
+    if method == "auto":
+        method = sensor_propagation_method(n, aperture_radius_m, lam.numpy(),
+                                           f_t.detach().cpu().double().numpy(),
+                                           sensor_distance_m, float(d), pixel_pitch_m, psf_size)
+    if method not in ("ir", "tf"):
+        raise ValueError(f"unknown propagation method {method!r}; use 'auto', 'ir' or 'tf'")
+    xi = centred_coords(n, dx, dtype=real, device=dev)
+    r2 = xi[:, None] ** 2 + xi[None, :] ** 2
+    curvature = 1.0 / d - 1.0 / f_t  # (C, 1, 1) dioptres, source and lens
+    if method == "ir":
+        curvature = curvature + 1.0 / sensor_distance_m  # residual vergence V
+    phase = (2 * math.pi / lam_t) * opd_m.unsqueeze(-3) + (math.pi / lam_t) * curvature * r2
     if check_sampling:
         step = max_phase_step_rad(phase.detach(), aperture)
         if step > math.pi:
@@ -205,25 +281,49 @@ def sensor_psf(opd_m, *, aperture, wavelength_m, aperture_radius_m: float, focal
             )
         period = float(lam.min()) * sensor_distance_m / dx
         window = psf_size * pixel_pitch_m
-        if window > period:
+        if method == "ir" and window > period:
             raise SamplingError(
                 f"PSF window {window * 1e3:.3g} mm exceeds the alias period lambda z / dx = "
                 f"{period * 1e3:.3g} mm; raise pupil_samples or shrink psf_size"
             )
     field = torch.polar(aperture.to(real).expand_as(phase), phase)
+    power_in = (aperture.to(real) ** 2).sum()
+    if method == "tf":
+        pixels = _tf_sensor_energy(field, dx, lam, sensor_distance_m, pixel_pitch_m, psf_size)
+        if not normalize:
+            return pixels / power_in
+        return pixels / pixels.sum(dim=(-2, -1), keepdim=True)
     if mft_y is None or mft_x is None:
         mft_y = mft_x = sensor_mft_matrix(n, dx, lam, sensor_distance_m, pixel_pitch_m,
-                                          psf_size, pixel_oversample, device=opd_m.device,
+                                          psf_size, pixel_oversample, device=dev,
                                           dtype=field.dtype)
     out = mft(field, mft_y, mft_x)
     intensity = out.real**2 + out.imag**2
     s, o = psf_size, pixel_oversample
     intensity = intensity.unflatten(-1, (s, o)).unflatten(-3, (s, o)).sum(dim=(-3, -1))
     if not normalize:  # Parseval: |u|^2 = dx^4 |MFT|^2 / (lambda z)^2 per sub-pixel area
-        power_in = (aperture.to(real) ** 2).sum()
         scale = dx**2 * (pixel_pitch_m / o) ** 2 / (lam_t * sensor_distance_m) ** 2
         return intensity * scale / power_in
     return intensity / intensity.sum(dim=(-2, -1), keepdim=True)
+
+
+def _tf_sensor_energy(field, dx, lam, z, pixel_pitch_m, psf_size):
+    """Transfer-function branch of :func:`sensor_psf`: pad, propagate, integrate on pixels.
+    Returns the energy per pixel in units of ``|field|^2`` per pupil sample."""
+    n = field.shape[-1]
+    m = tf_grid_size(n, dx, psf_size * pixel_pitch_m)
+    pad = (m - n) // 2
+    padded = torch.nn.functional.pad(field, (pad, m - n - pad, pad, m - n - pad))
+    out = fresnel_tf(padded, dx, lam.to(padded.real.dtype), z, check=False)
+    energy = out.real**2 + out.imag**2  # per cell, same units as |field|^2 (TF is unitary)
+    real = energy.dtype
+    # the optical axis is the pupil centre; the minus sign turns Goodman's sensor coordinates
+    # into poppy's point-reflected ones, as the single-transform form does (see module doc)
+    cells = -centred_coords(m, dx, dtype=torch.float64, device=field.device,
+                            centre=pad + (n - 1) / 2)
+    pix = centred_coords(psf_size, pixel_pitch_m, device=field.device, centre=psf_size // 2)
+    b = pixel_overlap_matrix(cells, dx, pix, pixel_pitch_m).to(real)
+    return b @ energy @ b.T
 
 
 def sensor_mft_matrix(n: int, dx_m: float, wavelength_m, sensor_distance_m: float,
