@@ -210,7 +210,7 @@ def plot_image_pair(x, y, path, titles=("scene x", "camera y")) -> Path:
     a, b = _as_hwc(x), _as_hwc(y)
     fig = _new_figure(8.0, 4.2)
     axes = fig.subplots(1, 2)
-    for ax, img, t in zip(axes, (a, b), titles):
+    for ax, img, t in zip(axes, (a, b), titles, strict=True):
         ax.imshow(img, interpolation="nearest")
         ax.set_title(f"{t} ({img.shape[0]}x{img.shape[1]})", fontsize=10)
         ax.set_axis_off()
@@ -224,7 +224,7 @@ def plot_coefficients(coeffs_dict: dict, path) -> Path:
     fig = _new_figure(max(5.0, 0.55 * len(items) + 2.0), 4.2)
     ax = fig.add_subplot()
     if items:
-        js, vs = zip(*items)
+        js, vs = zip(*items, strict=True)
         pos = np.arange(len(js))
         colours = [to_rgb("tab:red") if v < 0 else to_rgb("tab:blue") for v in vs]
         ax.bar(pos, vs, color=colours)

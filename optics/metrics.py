@@ -330,8 +330,9 @@ def psf_summary(camera: Camera, radii_px=(1, 2, 4)) -> dict:
 
     Returns ``{"camera": name, "pixel_pitch_um": float, "coefficients_um": {"<noll>": um},
     "channels": {"640nm": {"wavelength_nm", "strehl", "ee_1px", "ee_2px", "ee_4px",
-    "fwhm_px"}, ...}}``; Strehl is against :func:`diffraction_limited_psf` of the camera,
-    encircled energies (``ee_<r>px``, one per radius) are about the optical axis.
+    "fwhm_px", "captured_energy"}, ...}}``; Strehl is against :func:`diffraction_limited_psf` of the camera,
+    encircled energies (``ee_<r>px``, one per radius) are about the optical axis;
+    ``captured_energy`` is the fraction of the pupil's light inside the PSF window.
     """
     cfg = camera.config
     with torch.no_grad():
@@ -340,12 +341,14 @@ def psf_summary(camera: Camera, radii_px=(1, 2, 4)) -> dict:
     strehl = strehl_ratio(psf, ref).cpu().tolist()
     ee = encircled_energy(psf, radii_px, centre="axis").cpu().tolist()
     fw = fwhm_px(psf).cpu().tolist()
+    captured = camera.captured_energy().cpu().tolist()
     channels = {}
     for c, w in enumerate(cfg.wavelengths_m):
         entry = {"wavelength_nm": float(w * 1e9), "strehl": float(strehl[c])}
-        for r, v in zip(radii_px, ee[c]):
+        for r, v in zip(radii_px, ee[c], strict=True):
             entry[f"ee_{r:g}px"] = float(v)
         entry["fwhm_px"] = float(fw[c])
+        entry["captured_energy"] = float(captured[c])
         channels[_wavelength_key(w)] = entry
     return {
         "camera": str(cfg.name),
