@@ -330,8 +330,9 @@ def psf_summary(camera: Camera, radii_px=(1, 2, 4)) -> dict:
 
     Returns ``{"camera": name, "pixel_pitch_um": float, "coefficients_um": {"<noll>": um},
     "channels": {"640nm": {"wavelength_nm", "strehl", "ee_1px", "ee_2px", "ee_4px",
-    "fwhm_px", "captured_energy"}, ...}}``; Strehl is against :func:`diffraction_limited_psf` of the camera,
-    encircled energies (``ee_<r>px``, one per radius) are about the optical axis;
+    "fwhm_px", "captured_energy"}, ...}}``; Strehl is against
+    :func:`diffraction_limited_psf` of the camera, encircled energies (``ee_<r>px``, one
+    per radius) are about the optical axis;
     ``captured_energy`` is the fraction of the pupil's light inside the PSF window.
     """
     cfg = camera.config

@@ -208,10 +208,11 @@ def test_method_is_chosen_by_sampling():
                       cfg.pixel_pitch_m, cfg.psf_size_px) == "ir"
     # lensless, 3 mm from the sensor: the residual curvature aliases, the transfer function
     # does not
-    args = (256, 1e-3, [550e-9], [math.inf], 3e-3, math.inf, 10e-6, 128)
+    args = (512, 1e-3, [550e-9], [math.inf], 3e-3, math.inf, 10e-6, 128)
     assert choose(*args) == "tf"
     lensless = get_preset("lopez2024").replace(
-        aperture_radius_m=1e-3, focal_length_m=math.inf, sensor_distance_m=3e-3,
+        pupil_samples=512, aperture_radius_m=1e-3, focal_length_m=math.inf,
+        sensor_distance_m=3e-3,
         object_distance_m=math.inf, pixel_pitch_m=10e-6, chromatic=False)
     cam = Camera(lensless)
     assert cam.method == "tf"
