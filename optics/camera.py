@@ -46,7 +46,7 @@ class CameraConfig:
     pixel_pitch_m: float = 3.713e-6
     pupil_samples: int = 256
     psf_size_px: int = 128
-    pixel_oversample: int = 2
+    pixel_oversample: int = 0
     n_modes: int = 15
     trainable_modes: tuple[int, ...] | None = None
     freeze_piston_tip_tilt: bool = True
@@ -65,8 +65,8 @@ class CameraConfig:
             positive(name)
         if not self.wavelengths_m or any(not (w > 0) for w in self.wavelengths_m):
             raise ValueError(f"wavelengths_m must be positive, got {self.wavelengths_m}")
-        if self.pupil_samples < 8 or self.psf_size_px < 1 or self.pixel_oversample < 1:
-            raise ValueError("pupil_samples >= 8, psf_size_px >= 1, pixel_oversample >= 1")
+        if self.pupil_samples < 8 or self.psf_size_px < 1 or self.pixel_oversample < 0:
+            raise ValueError("need pupil_samples >= 8, psf_size_px >= 1, pixel_oversample >= 0")
         if self.n_modes < 1:
             raise ValueError(f"n_modes must be >= 1, got {self.n_modes}")
         bad = [j for j in (self.trainable_modes or ()) if not 1 <= j <= self.n_modes]
@@ -89,6 +89,16 @@ class CameraConfig:
         )
 
     @property
+    def sub_pixels(self) -> int:
+        """Sub-samples per pixel side for pixel integration: ``pixel_oversample``, or with 0
+        (auto) enough that sub-samples reach the intensity Nyquist pitch
+        ``lambda_min z / (4 a)`` of the diffraction-limited PSF."""
+        if self.pixel_oversample:
+            return self.pixel_oversample
+        nyquist = min(self.wavelengths_m) * self.sensor_distance_m / (4 * self.aperture_radius_m)
+        return max(1, math.ceil(self.pixel_pitch_m / nyquist - 1e-9))
+
+    @property
     def trainable(self) -> tuple[int, ...]:
         """Noll indices that are learnable (default 4..n_modes)."""
         modes = self.trainable_modes
@@ -104,6 +114,22 @@ class CameraConfig:
 
     def replace(self, **changes) -> CameraConfig:
         return dataclasses.replace(self, **changes)
+
+    def at_image_size(self, size_px: int) -> CameraConfig:
+        """The same optics and field of view on a sensor of ``size_px`` pixels per side:
+        pixel pitch and binning scale by ``image_size_px / size_px``, the PSF window shrinks
+        to keep its physical extent (so ``lr16`` stays 16x16 at any size)."""
+        if size_px == self.image_size_px:
+            return self
+        if size_px < 8:
+            raise ValueError(f"image size must be >= 8 px, got {size_px}")
+        scale = self.image_size_px / size_px
+        binning = self.sensor.binning / scale
+        if binning >= 1 and abs(binning - round(binning)) > 1e-9:
+            raise ValueError(f"binning {self.sensor.binning} cannot be scaled to {size_px} px")
+        sensor = dataclasses.replace(self.sensor, binning=max(1, round(binning)))
+        return self.replace(image_size_px=size_px, pixel_pitch_m=self.pixel_pitch_m * scale,
+                            psf_size_px=max(8, round(self.psf_size_px / scale)), sensor=sensor)
 
 
 class Camera(nn.Module):
@@ -158,7 +184,7 @@ class Camera(nn.Module):
             cfg.sensor_distance_m, cfg.object_distance_m, cfg.pixel_pitch_m, cfg.psf_size_px)
         mft = sensor_mft_matrix(n, 2 * cfg.aperture_radius_m / n, cfg.wavelengths_m,
                                 cfg.sensor_distance_m, cfg.pixel_pitch_m, cfg.psf_size_px,
-                                cfg.pixel_oversample)
+                                cfg.sub_pixels)
         self.register_buffer("mft", mft, persistent=False)
 
     # ----------------------------------------------------------------- coefficients
@@ -194,7 +220,7 @@ class Camera(nn.Module):
             sensor_distance_m=cfg.sensor_distance_m,
             object_distance_m=self.object_distance_m.to(opd.dtype),
             pixel_pitch_m=cfg.pixel_pitch_m, psf_size=cfg.psf_size_px,
-            pixel_oversample=cfg.pixel_oversample,
+            pixel_oversample=cfg.sub_pixels,
             mft_y=mft, mft_x=mft,
             check_sampling=check_sampling, normalize=normalize, method=self.method,
         )

@@ -1,0 +1,44 @@
+"""Stage-1 objective ``L = L_optics + alpha2 * L_hmap (+ identity term)``.
+
+- ``L_optics = 1 - mean((x - y)^2) + alpha1 * ||H - H_f||_2 / ||H_f||_2``: push the privacy
+  image ``y`` away from the scene ``x`` while keeping the PSF ``H`` near a defocus target
+  ``H_f``. The PSF distance is relative (PSFs sum to 1 per channel, so their absolute norms
+  are tiny and depend on the sampling); that makes ``alpha1`` independent of the PSF size.
+- ``L_hmap = mean |U(y) - U*(x)|``: the student heatmaps on ``y`` follow the frozen teacher's
+  on ``x``.
+- Identity (optional): ``relu(margin - ||e(y) - e(x)||)`` with a differentiable face
+  embedder ``e``, pushing identities apart until they are ``margin`` apart.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["image_distance_loss", "psf_target_loss", "heatmap_loss", "identity_loss"]
+
+
+def _match_size(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    if y.shape[-2:] == x.shape[-2:]:
+        return y
+    return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def image_distance_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``1 - mean((x - y)^2)`` for images in [0, 1]; a low-resolution ``y`` is upsampled."""
+    return 1.0 - (x - _match_size(y, x)).pow(2).mean()
+
+
+def psf_target_loss(psf: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``||H - H_f||_2 / ||H_f||_2`` over all channels and pixels; ``(C, K, K)`` each."""
+    return (psf - target).flatten().norm() / target.flatten().norm()
+
+
+def heatmap_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of heatmaps ``(B, K, h, w)``."""
+    return (student - teacher).abs().mean()
+
+
+def identity_loss(emb_y: torch.Tensor, emb_x: torch.Tensor, margin: float = 0.6) -> torch.Tensor:
+    """Hinge on the embedding distance: zero once ``||e(y) - e(x)|| >= margin``."""
+    return F.relu(margin - (emb_y - emb_x).norm(dim=-1)).mean()
