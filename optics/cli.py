@@ -13,7 +13,14 @@ from pathlib import Path
 import torch
 
 from .camera import Camera, CameraConfig
-from .clikit import UserError, add_common, build_parser, run_cli
+from .clikit import (
+    UserError,
+    add_common,
+    add_dataclass_args,
+    build_parser,
+    dataclass_overrides,
+    run_cli,
+)
 from .coefficients import load_coefficients, save_coefficients
 from .configio import apply_overrides, load_config, save_config
 from .presets import PRESETS, get_preset, preset_names
@@ -158,6 +165,48 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_pretrain_fan(args) -> int:
+    from .training.pretrain_fan import FANTrainConfig
+    from .training.run import assemble_config, run_pretrain_fan
+
+    cfg = assemble_config(FANTrainConfig, args.config,
+                          dataclass_overrides(args, FANTrainConfig), args.overrides)
+    report = run_pretrain_fan(cfg, args.out, data_root=args.data, progress=not args.quiet)
+    print(f"teacher written to {Path(args.out) / 'fan.pt'}")
+    for key in ("val_vs_dlib", "test_vs_dlib", "test_vs_human", "dlib_vs_human"):
+        r = report[key]
+        print(f"  NME {key:14s} mean {r['mean']:.4f}  median {r['median']:.4f}  (n={r['n']})")
+    return 0
+
+
+def cmd_train_stage1(args) -> int:
+    from .training.run import assemble_config, run_stage1, stage1_config_for_resume
+    from .training.stage1 import Stage1Config
+
+    out = args.resume or args.out
+    if not out:
+        raise UserError("give --out DIR for a new run or --resume DIR to continue one")
+    base = args.config
+    if args.resume and not base:
+        base = Path(args.resume) / "config.yaml"
+        stage1_config_for_resume(args.resume, Stage1Config)  # clear error if missing
+    cfg = assemble_config(Stage1Config, base, dataclass_overrides(args, Stage1Config),
+                          args.overrides)
+    last, report = run_stage1(cfg, out, resume=bool(args.resume), progress=not args.quiet,
+                              evaluate=not args.no_report)
+    if last:
+        print(f"stage 1: step {int(last['step'])}, loss {last['loss']:.4f}, "
+              f"heatmap {last['hmap']:.4f}; run folder {out}/")
+    if report:
+        print(f"{'camera':8s} {'PSNR':>6s} {'SSIM':>5s} {'FR dist':>7s} {'reid clean':>10s} "
+              f"{'reid matched':>12s} {'NME teacher':>11s} {'NME human':>9s}")
+        for name, r in report["cameras"].items():
+            print(f"{name:8s} {r['psnr_db']:6.2f} {r['ssim']:5.3f} {r['fr_distance']:7.3f} "
+                  f"{r['reid_top1_clean_gallery']:10.2f} {r['reid_top1_matched_gallery']:12.2f} "
+                  f"{r['nme_vs_teacher']:11.4f} {r['nme_vs_human']:9.4f}")
+    return 0
+
+
 def build_cli() -> argparse.ArgumentParser:
     parser, sub = build_parser(
         "optics", "Design, inspect and simulate privacy-preserving camera optics.\n"
@@ -186,6 +235,38 @@ def build_cli() -> argparse.ArgumentParser:
     p.add_argument("--no-noise", action="store_true", help="noise-free rendering")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.set_defaults(func=cmd_simulate)
+
+    from .training.pretrain_fan import FANTrainConfig
+    from .training.stage1 import Stage1Config
+
+    p = add_common(sub.add_parser(
+        "pretrain-fan", help="train the heatmap teacher U* on clean faces",
+        description="Trains the FAN teacher on the demo corpus with Gaussian heatmap targets of "
+                    "the cached dlib landmarks (adaptive wing loss), then reports NME against "
+                    "dlib (held-out) and against the human iBUG annotations, beside dlib's own."))
+    p.add_argument("--config", metavar="FILE", help="YAML config (FANTrainConfig fields)")
+    p.add_argument("--out", required=True, help="output folder (fan.pt, nme.json)")
+    p.add_argument("--data", help="face corpus (default $PRIVLENS_HOME/demo-faces)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_dataclass_args(p, FANTrainConfig, skip=("device",))
+    p.set_defaults(func=cmd_pretrain_fan)
+
+    p = add_common(sub.add_parser(
+        "train-stage1", help="learn the phase plate jointly with the heatmap regressor",
+        description="Stage 1: L = 1 - mse(x, y) + alpha1 |H - H_f|/|H_f| + alpha2 |U(y) - U*(x)|. "
+                    "Writes config.yaml, log.csv, checkpoints, figures/, coefficients.json and "
+                    "report.json into the run folder. Works under torchrun (DDP).",
+        epilog="example: optics train-stage1 --config configs/stage1-demo.yaml --teacher "
+               "runs/demo/teacher/fan.pt --out runs/demo/stage1"))
+    p.add_argument("--config", metavar="FILE", help="YAML config (Stage1Config fields)")
+    p.add_argument("--out", help="run folder")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--no-report", action="store_true", help="skip the final evaluation")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_dataclass_args(p, Stage1Config)
+    p.set_defaults(func=cmd_train_stage1)
 
     p = add_common(sub.add_parser("demo", help="the embedded default job (used by make demo)"))
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")

@@ -12,7 +12,8 @@ import argparse
 import logging
 import sys
 
-__all__ = ["UserError", "build_parser", "add_common", "run_cli"]
+__all__ = ["UserError", "build_parser", "add_common", "run_cli", "add_dataclass_args",
+           "dataclass_overrides"]
 
 
 class UserError(Exception):
@@ -66,3 +67,53 @@ def run_cli(parser: argparse.ArgumentParser, argv=None) -> int:
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def _field_parser(tp):
+    """argparse ``type`` for a dataclass field annotation (scalars and tuples of ints)."""
+    import typing
+
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) is not None and args and typing.get_origin(tp) is not tuple:
+        tp = args[0]
+    if typing.get_origin(tp) is tuple:
+        inner = typing.get_args(tp)[0]
+        return lambda s: tuple(inner(v) for v in s.split(",") if v.strip())
+    if tp is bool:
+        def parse_bool(s):
+            if s.lower() in ("1", "true", "yes", "on"):
+                return True
+            if s.lower() in ("0", "false", "no", "off"):
+                return False
+            raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+        return parse_bool
+    return tp
+
+
+def add_dataclass_args(p: argparse.ArgumentParser, cls, skip=(), title=None) -> None:
+    """One ``--field-name VALUE`` option per field of dataclass ``cls`` (default: unset, so
+    the config file or the dataclass default wins). Tuples are comma-separated."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    g = p.add_argument_group(title or f"{cls.__name__} fields (override the config file)")
+    for f in dataclasses.fields(cls):
+        if f.name in skip or dataclasses.is_dataclass(hints[f.name]):
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        g.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg_{f.name}", default=None,
+                       type=_field_parser(hints[f.name]), metavar=f.name.upper(),
+                       help=f"(default {default!r})")
+
+
+def dataclass_overrides(args, cls) -> dict:
+    """The ``--field`` options given on the command line, as ``{field: value}``."""
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(cls):
+        v = getattr(args, f"cfg_{f.name}", None)
+        if v is not None:
+            out[f.name] = v
+    return out

@@ -32,7 +32,7 @@ _LOPEZ = CameraConfig(
     object_distance_m=0.75,
     pixel_pitch_m=3.713e-6,
     pupil_samples=256,
-    psf_size_px=128,
+    psf_size_px=160,
     n_modes=15,
     image_size_px=256,
     sensor=SensorModel(read_noise_std=0.005, bit_depth=8),

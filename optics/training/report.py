@@ -1,0 +1,150 @@
+"""Privacy and utility of a stage-1 camera beside three references.
+
+Cameras: ``clean`` (no optics), ``defocus`` (the target PSF ``H_f`` alone), ``learned`` (this
+run) and ``lr16`` (16x16 sensor). Per camera, on held-out faces:
+
+- PSNR and SSIM of ``y`` against ``x`` (a low-resolution ``y`` is upsampled first);
+- the dlib-ResNet (face_recognition) embedding distance between ``y`` and ``x``;
+- re-identification top-1 on the 5-identity johns set, against a clean gallery and against a
+  gallery passed through the same camera (leave-one-out; chance 20%);
+- heatmap NME of the regressor on ``y`` against the teacher's landmarks on ``x`` and against
+  the human iBUG annotations. The learned camera uses its fine-tuned regressor U; the others
+  use the teacher U* as is (a ``--camera lr16`` run gives lr16 its own fine-tuned U).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..camera import Camera
+from ..imaging import form_image
+from ..metrics import psf_summary
+from ..presets import get_preset
+from .data import load_split
+
+__all__ = ["stage1_report", "camera_functions"]
+
+log = logging.getLogger(__name__)
+
+
+def _seeded(fn, seed: int):
+    def run(x):
+        return fn(x, torch.Generator(device=x.device).manual_seed(seed))
+    return run
+
+
+def camera_functions(trainer) -> dict:
+    """``{name: (x -> y, regressor)}`` for the four cameras of the report."""
+    cfg = trainer.cfg
+    learned = trainer.camera
+    sensor = learned.config.sensor
+    target = trainer.target_psf
+    lr16 = Camera(get_preset("lr16").at_image_size(cfg.image_size)).to(trainer.device)
+    teacher, student = trainer.teacher, trainer.model.student
+
+    def clean(x, g):
+        return x
+
+    def defocus(x, g):
+        return form_image(x, target.to(x.dtype), sensor, generator=g)
+
+    def learned_fn(x, g):
+        return learned(x, generator=g)
+
+    def lr16_fn(x, g):
+        return lr16(x, generator=g)
+
+    return {
+        "clean": (_seeded(clean, cfg.seed), teacher),
+        "defocus": (_seeded(defocus, cfg.seed), teacher),
+        "learned": (_seeded(learned_fn, cfg.seed), student),
+        "lr16": (_seeded(lr16_fn, cfg.seed), student if cfg.camera == "lr16" else teacher),
+    }
+
+
+def _up(y, size):
+    if y.shape[-1] == size:
+        return y
+    return F.interpolate(y, size=(size, size), mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def _landmarks(model, images, batch=32):
+    from deid.heatmaps import heatmaps_to_landmarks
+
+    out = []
+    size = model.config.input_size
+    for i in range(0, len(images), batch):
+        x = _up(images[i:i + batch], size)
+        heat = model(x)[:, :model.config.num_landmarks]
+        out.append(heatmaps_to_landmarks(heat, size, window=3).cpu())
+    return torch.cat(out)
+
+
+def _nme_stats(pred, gt) -> float:
+    from deid.heatmaps import nme
+
+    e = nme(pred, gt)
+    e = e[torch.isfinite(e)]
+    return float(e.mean()) if len(e) else float("nan")
+
+
+@torch.no_grad()
+def stage1_report(trainer, root) -> dict:
+    """Everything in ``report.json`` (see the module docstring)."""
+    from deid.evaluation.identity import DlibFaceEmbedder, distance
+    from deid.evaluation.quality import psnr, ssim
+    from deid.evaluation.reid import reid_report
+
+    cfg = trainer.cfg
+    dev = trainer.device
+    size = cfg.image_size
+    test_x, _, _ = load_split(root, "test", size, landmark_key=None)
+    _, human, _ = load_split(root, "test", size, landmark_key="human68")
+    johns_x, _, johns_ids = load_split(root, "johns", size, landmark_key=None)
+    test_x, johns_x = test_x.to(dev), johns_x.to(dev)
+    teacher_lmk = _landmarks(trainer.teacher, test_x)
+    embed = DlibFaceEmbedder()
+    e_clean = embed.embed(test_x.cpu())
+    cams = {}
+    for name, (fn, regressor) in camera_functions(trainer).items():
+        y = fn(test_x)
+        y_up = _up(y, size)
+        lmk = _landmarks(regressor, y_up)
+        reid = reid_report(lambda im: embed.embed(im.cpu()), johns_x, johns_ids, fn)
+        cams[name] = {
+            "psnr_db": float(psnr(test_x, y_up).mean()),
+            "ssim": float(ssim(test_x, y_up).mean()),
+            "fr_distance": float(distance(embed.embed(y_up.cpu()), e_clean).mean()),
+            "reid_top1_clean_gallery": reid["top1_clean_gallery"],
+            "reid_top1_matched_gallery": reid["top1_matched_gallery"],
+            "reid_chance": reid["chance"],
+            "nme_vs_teacher": _nme_stats(lmk, teacher_lmk),
+            "nme_vs_human": _nme_stats(lmk, human),
+            "regressor": "U (fine-tuned)" if regressor is trainer.model.student else "U* (teacher)",
+        }
+        log.info("%s: %s", name, cams[name])
+    clean_nme = cams["clean"]["nme_vs_human"]
+    learned = cams["learned"]
+    goals = {
+        "reid_at_chance_both_galleries": max(learned["reid_top1_clean_gallery"],
+                                             learned["reid_top1_matched_gallery"]) <= 0.30,
+        "fr_distance_above_0.6": learned["fr_distance"] > 0.6,
+        "nme_within_1.5x_clean": (math.isfinite(clean_nme)
+                                  and learned["nme_vs_human"] <= 1.5 * clean_nme),
+    }
+    return {
+        "config": {k: v for k, v in vars(cfg).items()},
+        "steps": trainer.step,
+        "final_losses": trainer.history[-1] if trainer.history else {},
+        "test_faces": int(len(test_x)),
+        "johns_images": int(len(johns_x)),
+        "cameras": cams,
+        "goals": goals,
+        "psf": psf_summary(trainer.camera),
+        "coefficients_um": {str(k): v for k, v in trainer.camera.coefficients_dict().items()},
+    }

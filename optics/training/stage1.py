@@ -1,0 +1,340 @@
+"""Stage 1: learn the Zernike phase plate jointly with the heatmap regressor U.
+
+``L = 1 - mean((x - y)^2) + alpha1 ||H - H_f|| / ||H_f|| + alpha2 mean|U(y) - U*(x)|``
+(+ an optional identity hinge), with U initialised from the frozen teacher U*. See
+:mod:`optics.training.losses`.
+
+The run folder holds ``config.yaml``, ``camera.yaml``, ``log.csv``, checkpoints
+``ckpt_<step>.pt``, ``figures/`` and, at the end, ``coefficients.json`` and ``report.json``.
+Resuming continues exactly: every random choice is keyed by (seed, step, sample), see
+:mod:`optics.training.schedule`. Under ``torchrun`` the model is wrapped in DDP; rank ``r``
+takes samples ``r, r + W, ...`` of each global batch, so the result equals a one-process run
+with the same global batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..camera import Camera, defocus_target_psf
+from ..coefficients import save_coefficients
+from ..configio import save_config, to_dict
+from ..presets import get_preset
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .distributed import DistInfo, all_mean
+from .losses import heatmap_loss, identity_loss, image_distance_loss, psf_target_loss
+from .schedule import global_batch, rank_slice, sample_generator
+
+__all__ = ["Stage1Config", "Stage1Model", "Stage1Trainer", "build_camera"]
+
+log = logging.getLogger(__name__)
+
+LOG_FIELDS = ("step", "loss", "optics", "image_term", "psf_term", "hmap", "identity",
+              "seconds")
+
+
+@dataclass(frozen=True)
+class Stage1Config:
+    """Stage-1 settings. Coefficients in micrometres of OPD; sizes in pixels."""
+
+    camera: str = "lopez2024"
+    image_size: int = 128
+    n_modes: int = 15
+    modes: tuple[int, ...] | None = None
+    init_std_um: float = 0.05
+    defocus_um: float = 0.5
+    alpha1: float = 1.0
+    alpha2: float = 10.0
+    identity_weight: float = 0.0
+    identity_margin: float = 0.6
+    steps: int = 500
+    batch_size: int = 8
+    lr_optics: float = 0.02
+    lr_fan: float = 1e-4
+    eval_every: int = 100
+    ckpt_every: int = 100
+    seed: int = 0
+    noise: bool = True
+    augment: bool = True
+    data: str = ""
+    teacher: str = ""
+    tensorboard: bool = False
+    device: str = "auto"
+
+    def __post_init__(self):
+        if self.steps < 0 or self.batch_size < 1 or self.image_size < 16:
+            raise ValueError("need steps >= 0, batch_size >= 1 and image_size >= 16")
+        for name in ("alpha1", "alpha2", "identity_weight", "lr_optics", "lr_fan",
+                     "init_std_um"):
+            v = getattr(self, name)
+            if not (v >= 0 and math.isfinite(v)):
+                raise ValueError(f"{name} must be finite and >= 0, got {v}")
+        if self.eval_every < 1 or self.ckpt_every < 1:
+            raise ValueError("eval_every and ckpt_every must be >= 1")
+
+
+def build_camera(cfg: Stage1Config, generator: torch.Generator | None = None) -> Camera:
+    """The stage-1 camera: the preset at ``image_size``, ``n_modes`` Noll terms, trainable
+    ``modes`` (default 4..n_modes; none for ``lr16``), random initial coefficients."""
+    base = get_preset(cfg.camera).at_image_size(cfg.image_size)
+    if cfg.camera == "lr16":
+        return Camera(base)
+    cam_cfg = base.replace(n_modes=max(cfg.n_modes, max(cfg.modes or (0,))),
+                           trainable_modes=cfg.modes)
+    return Camera(cam_cfg, init_std_um=cfg.init_std_um, generator=generator)
+
+
+class Stage1Model(nn.Module):
+    """The trainable pair (camera, student U) behind one ``forward`` so DDP syncs both."""
+
+    def __init__(self, camera: Camera, student: nn.Module):
+        super().__init__()
+        self.camera = camera
+        self.student = student
+
+    def forward(self, x: torch.Tensor, generators=None, noise: bool = True):
+        psf = self.camera.psf()
+        if noise and generators is not None:
+            y = torch.cat([self.camera(x[i:i + 1], generator=g, psf=psf)
+                           for i, g in enumerate(generators)])
+        else:
+            y = self.camera(x, noise=noise, psf=psf)
+        y_in = y if y.shape[-1] == x.shape[-1] else F.interpolate(
+            y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return y, psf, self.student(y_in)
+
+
+def _flip(x: torch.Tensor, generators) -> torch.Tensor:
+    """Random horizontal flips, one coin per sample from its own generator."""
+    coins = [bool(torch.rand(1, generator=g) < 0.5) for g in generators]
+    return torch.stack([xi.flip(-1) if c else xi for xi, c in zip(x, coins, strict=True)])
+
+
+class Stage1Trainer:
+    """Runs stage 1 in ``out_dir``; see the module docstring."""
+
+    def __init__(self, cfg: Stage1Config, out_dir, dist: DistInfo, train_images: torch.Tensor,
+                 teacher: nn.Module, val_images: torch.Tensor | None = None,
+                 identity_net: nn.Module | None = None):
+        self.cfg, self.dist = cfg, dist
+        self.out = Path(out_dir)
+        self.device = dist.device
+        self.train_images = train_images
+        self.val_images = val_images if val_images is not None else train_images[:8]
+        self.teacher = teacher.to(self.device).eval().requires_grad_(False)
+        self.identity_net = identity_net
+        if identity_net is not None:
+            identity_net.to(self.device).eval().requires_grad_(False)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        camera = build_camera(cfg, gen).to(self.device)
+        student = copy.deepcopy(teacher).train().requires_grad_(True)
+        self.model = Stage1Model(camera, student).to(self.device)
+        self.target_psf = defocus_target_psf(camera.config, cfg.defocus_um).to(self.device)
+        groups = [{"params": [p for p in camera.parameters() if p.requires_grad],
+                   "lr": cfg.lr_optics},
+                  {"params": list(student.parameters()), "lr": cfg.lr_fan}]
+        groups = [g for g in groups if g["params"]]
+        self.optimizer = torch.optim.Adam(groups)
+        self.ddp = self.model
+        if dist.enabled:
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.step = 0
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ state
+    @property
+    def camera(self) -> Camera:
+        return self.model.camera
+
+    def state(self) -> dict:
+        return {"step": self.step, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "config": to_dict(self.cfg),
+                "history": self.history}
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.history = list(state.get("history", []))
+
+    def resume_from(self, folder) -> bool:
+        """Load the newest checkpoint in ``folder``; False if there is none."""
+        path = latest_checkpoint(folder)
+        if path is None:
+            return False
+        self.load_state(load_checkpoint(path, map_location=self.device))
+        log.info("resumed from %s at step %d", path, self.step)
+        return True
+
+    # ------------------------------------------------------------------- step
+    def batch(self, step: int) -> tuple[torch.Tensor, list]:
+        """This rank's images and per-sample generators for global batch ``step``."""
+        idx = global_batch(step, len(self.train_images), self.cfg.batch_size, self.cfg.seed)
+        mine = rank_slice(torch.arange(len(idx)), self.dist.rank, self.dist.world_size)
+        gens = [sample_generator(self.cfg.seed, step, int(i)) for i in mine]
+        x = self.train_images[idx[mine]]
+        if self.cfg.augment:
+            x = _flip(x, gens)
+        return x.to(self.device), gens
+
+    def losses(self, x, gens, noise: bool = True) -> dict:
+        cfg = self.cfg
+        y, psf, student_hm = self.ddp(x, gens, noise=noise)
+        with torch.no_grad():
+            teacher_hm = self.teacher(x)
+        image_term = image_distance_loss(x, y)
+        psf_term = psf_target_loss(psf, self.target_psf)
+        hmap = heatmap_loss(student_hm, teacher_hm)
+        optics = image_term + cfg.alpha1 * psf_term
+        total = optics + cfg.alpha2 * hmap
+        ident = torch.zeros((), device=x.device)
+        if cfg.identity_weight > 0 and self.identity_net is not None:
+            ident = identity_loss(self.identity_net(_upsample(y, x)), self.identity_net(x),
+                                  cfg.identity_margin)
+            total = total + cfg.identity_weight * ident
+        return {"loss": total, "optics": optics, "image_term": image_term,
+                "psf_term": psf_term, "hmap": hmap, "identity": ident, "y": y,
+                "student_hm": student_hm, "teacher_hm": teacher_hm}
+
+    def train_step(self) -> dict:
+        t0 = time.perf_counter()
+        x, gens = self.batch(self.step)
+        out = self.losses(x, gens, noise=self.cfg.noise)
+        self.optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        self.optimizer.step()
+        self.step += 1
+        row = {"step": self.step}
+        for k in LOG_FIELDS[1:-1]:
+            row[k] = float(all_mean(out[k].detach(), self.dist))
+        row["seconds"] = time.perf_counter() - t0
+        self.history.append(row)
+        return row
+
+    # -------------------------------------------------------------------- run
+    def run(self, progress: bool = True) -> dict:
+        """Train until ``cfg.steps``; checkpoint, log and evaluate on the way."""
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        main = self.dist.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out / "config.yaml")
+            save_config(self.camera.config, self.out / "camera.yaml")
+            self._trim_csv()
+        writer = self._tensorboard() if main and cfg.tensorboard else None
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (main and progress),
+                   desc="stage 1", unit="step", dynamic_ncols=True)
+        while self.step < cfg.steps:
+            row = self.train_step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", hmap=f"{row['hmap']:.4f}")
+            if main:
+                self._append_csv(row)
+                if writer is not None:
+                    for k, v in row.items():
+                        if k != "step":
+                            writer.add_scalar(f"train/{k}", v, self.step)
+            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                if main:
+                    save_checkpoint(self.state(), self.out / f"ckpt_{self.step}.pt")
+                    self._prune_checkpoints()
+            if main and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+                self.write_figures()
+        bar.close()
+        if writer is not None:
+            writer.close()
+        if main:
+            save_coefficients(self.camera.coefficients_dict(), self.out / "coefficients.json",
+                              camera=self.camera.config.name, steps=self.step,
+                              source="optics train-stage1")
+        return self.history[-1] if self.history else {}
+
+    # ----------------------------------------------------------------- output
+    def _append_csv(self, row: dict) -> None:
+        path = self.out / "log.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            if new:
+                w.writeheader()
+            w.writerow({k: row[k] for k in LOG_FIELDS})
+
+    def _trim_csv(self) -> None:
+        """Drop log rows past the resumed step (written after the last checkpoint)."""
+        path = self.out / "log.csv"
+        if not path.exists():
+            return
+        with path.open() as f:
+            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+
+    def _prune_checkpoints(self, keep: int = 2) -> None:
+        found = sorted(self.out.glob("ckpt_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+        for p in found[:-keep]:
+            p.unlink()
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.warning("tensorboard is not installed; logging to log.csv only")
+            return None
+        return SummaryWriter(str(self.out / "tensorboard"))
+
+    @torch.no_grad()
+    def write_figures(self) -> None:
+        from .. import figures
+        from .plots import plot_heatmap_overlay, plot_loss_curves, plot_xy_grid
+
+        fig_dir = self.out / "figures"
+        cam = self.camera
+        cfg = cam.config
+        labels = [f"{w * 1e9:.0f} nm" for w in cfg.wavelengths_m]
+        psf = cam.psf()
+        figures.plot_psf(psf, cfg.pixel_pitch_m, fig_dir / "psf.png", labels=labels)
+        figures.plot_phase_map(cam.opd_m(), cam.aperture, 550e-9, fig_dir / "phase_map.png",
+                               title=f"step {self.step}")
+        x = self.val_images[:6].to(self.device)
+        gens = [sample_generator(self.cfg.seed, -1, i) for i in range(len(x))]
+        self.model.eval()
+        y, _, hm = self.model(x, gens, noise=self.cfg.noise)
+        self.model.train()
+        plot_xy_grid(x, y, fig_dir / "x_vs_y.png")
+        plot_heatmap_overlay(y, hm, fig_dir / "heatmaps_on_y.png")
+        plot_loss_curves(self.history, fig_dir / "loss_curves.png")
+
+
+def _upsample(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    if y.shape[-1] == x.shape[-1]:
+        return y
+    return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def write_report(out_dir, report: dict) -> Path:
+    path = Path(out_dir) / "report.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
+
+
+def set_threads(n: int) -> None:
+    if n > 0:
+        torch.set_num_threads(n)
+        os.environ.setdefault("OMP_NUM_THREADS", str(n))
