@@ -121,7 +121,7 @@ def train_teacher(cfg: FANTrainConfig, images: torch.Tensor, landmarks: torch.Te
         loss.backward()
         opt.step()
         sched.step()
-        bar.set_postfix(loss=f"{float(loss):.4f}")
+        bar.set_postfix(loss=f"{loss.item():.4f}")
     log.info("teacher: %d steps in %.0f s", cfg.steps, time.perf_counter() - t0)
     model.eval()
     save_checkpoint({"fan_config": to_dict(fan_cfg), "train_config": to_dict(cfg),
@@ -157,7 +157,7 @@ def evaluate_nme(model, images: torch.Tensor, reference: torch.Tensor, batch: in
             if x.shape[-1] != model.config.input_size:
                 x = F.interpolate(x, size=(model.config.input_size,) * 2, mode="bilinear",
                                   align_corners=False)
-        pred = model.landmarks(x, window=3).cpu()
+        pred = model.landmarks(x).cpu()
         errors.append(nme(pred, reference[i:i + batch]))
     e = torch.cat(errors) if errors else torch.empty(0)
     e = e[torch.isfinite(e)]

@@ -81,7 +81,7 @@ def _landmarks(model, images, batch=32):
     for i in range(0, len(images), batch):
         x = _up(images[i:i + batch], size)
         heat = model(x)[:, :model.config.num_landmarks]
-        out.append(heatmaps_to_landmarks(heat, size, window=3).cpu())
+        out.append(heatmaps_to_landmarks(heat, size, method="taylor").cpu())
     return torch.cat(out)
 
 
