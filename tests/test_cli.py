@@ -79,3 +79,9 @@ def test_help_and_other_tools():
         r = subprocess.run([sys.executable, "-c", f"from {tool}.cli import main; main(['info'])"],
                            capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
+
+
+def test_demo_cameras(tmp_path):
+    assert main(["demo", "--cameras-only", "--out", str(tmp_path)]) == 0
+    for name in ("lopez2024", "lopez2024-example-mask", "lr16"):
+        assert (tmp_path / "cameras" / name / "psf.png").stat().st_size > 0
