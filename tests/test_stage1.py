@@ -128,3 +128,19 @@ def test_resume_needs_a_run(tmp_path):
     r = subprocess.run([sys.executable, "-m", "optics", "train-stage1", "--resume",
                         str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 2 and "config.yaml" in r.stderr
+
+
+def test_flipped_affines_extract_the_same_chip():
+    """The identity loss aligns faces with chip affines of the clean image; after a flip the
+    adjusted affine must cut the very same chip out of the flipped image."""
+    from deid.identity_net import warp_to_chips
+    from optics.training.stage1 import _flip_affines
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 64, 64, generator=g)
+    a = torch.tensor([[[0.3, 0.05, 10.0], [-0.05, 0.3, 12.0]]]).repeat(3, 1, 1)
+    a[:, :, 2] += torch.rand(3, 2, generator=g) * 5
+    chips = warp_to_chips(x, a, size_px=32)
+    flipped = warp_to_chips(x.flip(-1), _flip_affines(a, [True, False, True], 64), size_px=32)
+    assert torch.allclose(chips[[0, 2]], flipped[[0, 2]], atol=1e-5)
+    assert not torch.allclose(chips[1], flipped[1], atol=1e-2)

@@ -116,10 +116,22 @@ class Stage1Model(nn.Module):
         return y, psf, self.student(y_in)
 
 
-def _flip(x: torch.Tensor, generators) -> torch.Tensor:
+def _flip(x: torch.Tensor, generators) -> tuple[torch.Tensor, list[bool]]:
     """Random horizontal flips, one coin per sample from its own generator."""
     coins = [bool(torch.rand(1, generator=g) < 0.5) for g in generators]
-    return torch.stack([xi.flip(-1) if c else xi for xi, c in zip(x, coins, strict=True)])
+    x = torch.stack([xi.flip(-1) if c else xi for xi, c in zip(x, coins, strict=True)])
+    return x, coins
+
+
+def _flip_affines(affines: torch.Tensor, coins, width: int) -> torch.Tensor:
+    """Chip affines (chip pixel -> image pixel, centres at integers) of flipped images:
+    composing with ``x -> width - 1 - x`` extracts the same chip from the flipped image."""
+    out = affines.clone()
+    for i, c in enumerate(coins):
+        if c:
+            out[i, 0] = -affines[i, 0]
+            out[i, 0, 2] = width - 1 - affines[i, 0, 2]
+    return out
 
 
 class Stage1Trainer:
@@ -135,8 +147,14 @@ class Stage1Trainer:
         self.val_images = val_images if val_images is not None else train_images[:8]
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         self.identity_net = identity_net
+        self.chip_affines = None
         if identity_net is not None:
+            from deid.evaluation.identity import DlibFaceEmbedder
+
             identity_net.to(self.device).eval().requires_grad_(False)
+            # dlib's alignment of the *clean* faces: the attacker's best case, fixed per image
+            self.chip_affines = torch.as_tensor(
+                DlibFaceEmbedder().chip_affines(train_images), dtype=torch.float32)
         gen = torch.Generator().manual_seed(cfg.seed)
         camera = build_camera(cfg, gen).to(self.device)
         student = copy.deepcopy(teacher).train().requires_grad_(True)
@@ -180,17 +198,20 @@ class Stage1Trainer:
         return True
 
     # ------------------------------------------------------------------- step
-    def batch(self, step: int) -> tuple[torch.Tensor, list]:
-        """This rank's images and per-sample generators for global batch ``step``."""
+    def batch(self, step: int) -> tuple[torch.Tensor, list, torch.Tensor | None]:
+        """This rank's images, per-sample generators and chip affines for batch ``step``."""
         idx = global_batch(step, len(self.train_images), self.cfg.batch_size, self.cfg.seed)
         mine = rank_slice(torch.arange(len(idx)), self.dist.rank, self.dist.world_size)
         gens = [sample_generator(self.cfg.seed, step, int(i)) for i in mine]
         x = self.train_images[idx[mine]]
+        affines = None if self.chip_affines is None else self.chip_affines[idx[mine]]
         if self.cfg.augment:
-            x = _flip(x, gens)
-        return x.to(self.device), gens
+            x, coins = _flip(x, gens)
+            if affines is not None:
+                affines = _flip_affines(affines, coins, x.shape[-1])
+        return x.to(self.device), gens, affines
 
-    def losses(self, x, gens, noise: bool = True) -> dict:
+    def losses(self, x, gens, noise: bool = True, affines=None) -> dict:
         cfg = self.cfg
         y, psf, student_hm = self.ddp(x, gens, noise=noise)
         with torch.no_grad():
@@ -201,9 +222,14 @@ class Stage1Trainer:
         optics = image_term + cfg.alpha1 * psf_term
         total = optics + cfg.alpha2 * hmap
         ident = torch.zeros((), device=x.device)
-        if cfg.identity_weight > 0 and self.identity_net is not None:
-            ident = identity_loss(self.identity_net(_upsample(y, x)), self.identity_net(x),
-                                  cfg.identity_margin)
+        if cfg.identity_weight > 0 and self.identity_net is not None and affines is not None:
+            from deid.identity_net import warp_to_chips
+
+            a = affines.to(x.device)
+            with torch.no_grad():
+                e_x = self.identity_net(warp_to_chips(x, a))
+            e_y = self.identity_net(warp_to_chips(_upsample(y, x), a))
+            ident = identity_loss(e_y, e_x, cfg.identity_margin)
             total = total + cfg.identity_weight * ident
         return {"loss": total, "optics": optics, "image_term": image_term,
                 "psf_term": psf_term, "hmap": hmap, "identity": ident, "y": y,
@@ -211,8 +237,8 @@ class Stage1Trainer:
 
     def train_step(self) -> dict:
         t0 = time.perf_counter()
-        x, gens = self.batch(self.step)
-        out = self.losses(x, gens, noise=self.cfg.noise)
+        x, gens, affines = self.batch(self.step)
+        out = self.losses(x, gens, noise=self.cfg.noise, affines=affines)
         self.optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         self.optimizer.step()
