@@ -1,0 +1,377 @@
+#!/usr/bin/env python
+"""CPU speed and peak memory of one stage-1 training step, against its optics and network parts.
+
+For every requested thread count the script starts a fresh worker process (this script with
+``--worker --threads N``), so thread settings and peak RSS are clean. The worker pins
+``OMP_NUM_THREADS`` & co. to N before importing torch, calls ``torch.set_num_threads(N)``,
+builds a ``Stage1Trainer`` from ``configs/stage1-demo.yaml`` (128x128, batch 8, lopez2024,
+noise and flips on) with synthetic ``torch.rand`` images and a randomly initialised FAN teacher
+(``configs/teacher-demo.yaml`` layout, width ``--width``), and times, interleaved in shuffled
+order:
+
+1. ``trainer.train_step()``: batch assembly, camera, student and teacher FAN, losses,
+   backward, Adam step (what ``optics train-stage1`` does per step, minus logging);
+2. the camera alone, as the step runs it: ``camera.psf()`` once, image formation of the 8
+   images one sample at a time with per-sample noise generators (the trainer's noise path),
+   the optics loss ``image term + alpha1 * PSF term``, backward to the Zernike coefficients;
+3. the FAN alone: the student forward+backward on a fixed (detached) 8x3x128x128 batch and
+   the teacher forward under ``torch.no_grad``, ``alpha2 * heatmap loss``.
+
+"rest" = step - camera - FAN (optimiser, batch assembly, autograd glue). Peak memory is the
+worker's ``VmHWM`` from ``/proc/self/status`` (cross-checked with ``getrusage`` ``ru_maxrss``);
+it includes the Python interpreter and torch themselves, whose share is printed as the RSS
+after the imports and after set-up (trainer, camera, images). The worker prints one JSON
+line; the parent prints the machine, the load average and a markdown table. Run with
+``--help`` for the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+_PINNED = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+           "NUMEXPR_NUM_THREADS", "NUMEXPR_MAX_THREADS", "VECLIB_MAXIMUM_THREADS")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STAGE1_CONFIG = os.path.join(ROOT, "configs", "stage1-demo.yaml")
+TEACHER_CONFIG = os.path.join(ROOT, "configs", "teacher-demo.yaml")
+JSON_MARK = "STAGE1_SPEED_JSON "
+_OMP_EXTRA = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--steps", type=int, default=20, metavar="N",
+                   help="timed training steps (and timed camera / FAN calls), after --warmup")
+    p.add_argument("--warmup", type=int, default=3, metavar="N",
+                   help="untimed warm-up calls of every row")
+    p.add_argument("--width", type=int, default=32,
+                   help="FAN width of teacher and student (32 = configs/teacher-demo.yaml)")
+    p.add_argument("--threads", default="1,2",
+                   help="comma-separated torch thread counts, one fresh worker process each")
+    p.add_argument("--rounds", type=int, default=1, metavar="R",
+                   help="run the list of workers R times in alternation (one table row each)")
+    p.add_argument("--wait-policy", choices=("PASSIVE", "ACTIVE"), default=None,
+                   help="set OMP_WAIT_POLICY in the workers' environment (default: leave it "
+                        "as the caller's environment has it, i.e. usually unset = libgomp's "
+                        "spin-then-sleep, what a user gets)")
+    p.add_argument("--seed", type=int, default=0, help="seed of inputs, teacher and order")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    try:
+        args.thread_list = [int(t) for t in str(args.threads).split(",") if t.strip()]
+    except ValueError:
+        p.error(f"--threads must be comma-separated integers, got {args.threads!r}")
+    if not args.thread_list or min(args.thread_list) < 1:
+        p.error("--threads needs at least one count, each >= 1")
+    if args.worker and len(args.thread_list) != 1:
+        p.error("--worker runs exactly one thread count")
+    if args.steps < 1 or args.warmup < 0 or args.rounds < 1:
+        p.error("need --steps >= 1, --warmup >= 0 and --rounds >= 1")
+    return args
+
+
+# ----------------------------------------------------------------------------- machine
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
+def loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def cpu_counters():
+    """``(busy, total)`` jiffies over all CPUs from /proc/stat (None if unavailable)."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    total = sum(v[:8])
+    return total - idle, total
+
+
+def proc_status_mb(field: str) -> float:
+    """``VmRSS`` / ``VmHWM`` of this process in MB (nan if /proc is unavailable)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError):
+        pass
+    return float("nan")
+
+
+# ------------------------------------------------------------------------------ worker
+def worker(args) -> None:
+    n = args.thread_list[0]
+    for var in _PINNED:  # before torch (and numpy) are imported
+        os.environ[var] = str(n)
+
+    import copy
+    import dataclasses
+    import gc
+    import random
+    import resource
+    import statistics
+    import tempfile
+    import warnings
+
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(n)
+    sys.path.insert(0, ROOT)  # benchmark the working tree
+    warnings.filterwarnings("ignore")
+
+    from deid.fan import FAN
+    from optics.configio import load_config
+    from optics.training.distributed import DistInfo
+    from optics.training.losses import heatmap_loss, image_distance_loss, psf_target_loss
+    from optics.training.pretrain_fan import FANTrainConfig
+    from optics.training.schedule import sample_generator
+    from optics.training.stage1 import Stage1Config, Stage1Trainer, build_camera
+
+    rss_imports = proc_status_mb("VmRSS")
+    torch.manual_seed(args.seed)
+    base = load_config(Stage1Config, STAGE1_CONFIG)
+    cfg = dataclasses.replace(base, data="", teacher="", device="cpu", tensorboard=False)
+    fan_cfg = load_config(FANTrainConfig, TEACHER_CONFIG).fan_config().replace(
+        input_size=cfg.image_size, width=args.width)
+    teacher = FAN.from_config(fan_cfg)  # random init: the cost does not depend on weights
+    s = cfg.image_size
+    n_images = 4 * cfg.batch_size
+    train_x = torch.rand(n_images, 3, s, s)
+
+    tmp = tempfile.TemporaryDirectory(prefix="stage1_speed_")
+    trainer = Stage1Trainer(cfg, tmp.name, DistInfo(), train_x, teacher, val_images=train_x[:8])
+
+    # camera alone, exactly as Stage1Model.forward + the optics loss terms run it
+    cam = build_camera(cfg, torch.Generator().manual_seed(cfg.seed))
+    target = trainer.target_psf
+    x_cam = train_x[: cfg.batch_size].clone()
+    cam_params = [p for p in cam.parameters() if p.requires_grad]
+    counter = {"cam": 0}
+
+    def camera_fwd_bwd():
+        for p in cam_params:
+            p.grad = None
+        k = counter["cam"]
+        counter["cam"] += 1
+        gens = [sample_generator(cfg.seed, k, i) for i in range(len(x_cam))]
+        psf = cam.psf()
+        if cfg.noise:
+            y = torch.cat([cam(x_cam[i:i + 1], generator=g, psf=psf)
+                           for i, g in enumerate(gens)])
+        else:
+            y = cam(x_cam, noise=False, psf=psf)
+        loss = image_distance_loss(x_cam, y) + cfg.alpha1 * psf_target_loss(psf, target)
+        loss.backward()
+
+    # FAN alone: student fwd+bwd on a fixed camera-like input, teacher fwd under no_grad
+    student = copy.deepcopy(teacher).train().requires_grad_(True)
+    teacher_nograd = copy.deepcopy(teacher).eval().requires_grad_(False)
+    y_fan = torch.rand(cfg.batch_size, 3, s, s)
+    x_fan = torch.rand(cfg.batch_size, 3, s, s)
+
+    def fan_fwd_bwd():
+        student.zero_grad(set_to_none=True)
+        hm = student(y_fan)
+        with torch.no_grad():
+            hm_t = teacher_nograd(x_fan)
+        (cfg.alpha2 * heatmap_loss(hm, hm_t)).backward()
+
+    cases = {"step": trainer.train_step, "camera": camera_fwd_bwd, "fan": fan_fwd_bwd}
+    rss_setup = proc_status_mb("VmRSS")
+    for _ in range(args.warmup):
+        for fn in cases.values():
+            fn()
+    wall = {k: [] for k in cases}
+    cpu = {k: [] for k in cases}
+    rng = random.Random(args.seed)
+    t_all = time.perf_counter()
+    for _ in range(args.steps):
+        gc.collect()
+        names = list(cases)
+        rng.shuffle(names)
+        for name in names:
+            gc.disable()
+            try:
+                c0 = time.process_time()
+                t0 = time.perf_counter()
+                cases[name]()
+                t1 = time.perf_counter()
+                c1 = time.process_time()
+            finally:
+                gc.enable()
+            wall[name].append(t1 - t0)
+            cpu[name].append(c1 - c0)
+    t_all = time.perf_counter() - t_all
+    last = trainer.history[-1]
+    tmp.cleanup()
+
+    def stats(v):
+        ms = np.asarray(v) * 1e3
+        q1, med, q3 = np.percentile(ms, [25, 50, 75])
+        return {"median_ms": float(med), "iqr_ms": float(q3 - q1), "min_ms": float(ms.min()),
+                "mean_ms": float(ms.mean())}
+
+    out = {
+        "threads": n,
+        "torch_threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "env": {v: os.environ.get(v) for v in _PINNED + _OMP_EXTRA},
+        "camera_config": {"name": trainer.camera.config.name,
+                          "image_size_px": trainer.camera.config.image_size_px,
+                          "psf_size_px": trainer.camera.config.psf_size_px,
+                          "pupil_samples": trainer.camera.config.pupil_samples,
+                          "trainable": sum(p.numel() for p in cam_params)},
+        "fan": {"width": fan_cfg.width, "num_modules": fan_cfg.num_modules,
+                "depth": fan_cfg.effective_depth,
+                "params": sum(p.numel() for p in student.parameters())},
+        "config": {"image_size": cfg.image_size, "batch_size": cfg.batch_size,
+                   "noise": cfg.noise, "augment": cfg.augment, "camera": cfg.camera,
+                   "n_modes": cfg.n_modes},
+        "steps": args.steps, "warmup": args.warmup,
+        "wall": {k: stats(v) for k, v in wall.items()},
+        "cpu_median_ms": {k: float(statistics.median(v) * 1e3) for k, v in cpu.items()},
+        "steps_per_s": float(len(wall["step"]) / sum(wall["step"])),
+        "timed_seconds": t_all,
+        "rss_imports_mb": rss_imports,
+        "rss_setup_mb": rss_setup,
+        "vmhwm_mb": proc_status_mb("VmHWM"),
+        "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # kB
+        "last_loss": last["loss"],
+    }
+    print(JSON_MARK + json.dumps(out), flush=True)
+
+
+# ------------------------------------------------------------------------------ parent
+def run_worker(args, n: int) -> dict:
+    env = dict(os.environ)
+    for var in _PINNED:
+        env[var] = str(n)
+    if args.wait_policy:
+        env["OMP_WAIT_POLICY"] = args.wait_policy
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--threads", str(n),
+           "--steps", str(args.steps), "--warmup", str(args.warmup), "--width", str(args.width),
+           "--seed", str(args.seed)]
+    load0, stat0 = loadavg(), cpu_counters()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    stat1 = cpu_counters()
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit(f"worker with {n} thread(s) failed (exit {proc.returncode})")
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(JSON_MARK)]
+    if not lines:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit(f"worker with {n} thread(s) printed no result line")
+    res = json.loads(lines[-1][len(JSON_MARK):])
+    res["load_before"], res["load_after"] = load0, loadavg()
+    res["cpus_busy_pct"] = (100 * (stat1[0] - stat0[0]) / (stat1[1] - stat0[1])
+                            if stat0 and stat1 and stat1[1] > stat0[1] else float("nan"))
+    return res
+
+
+def label(r: dict) -> str:
+    """Thread count, with the OpenMP wait policy if one was set."""
+    policy = r["env"].get("OMP_WAIT_POLICY")
+    return f"{r['threads']}" + (f" ({policy})" if policy else "")
+
+
+def main(args) -> None:
+    t_start = time.perf_counter()
+    results = []
+    for _ in range(args.rounds):
+        for n in args.thread_list:
+            results.append(run_worker(args, n))
+    r0 = results[0]
+    cam, fan, cfg = r0["camera_config"], r0["fan"], r0["config"]
+    print("# privlens stage-1 training speed (CPU)")
+    print()
+    print(f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+    print(f"- cpu: {cpu_model()} ({os.cpu_count()} logical CPUs visible)")
+    print(f"- python {r0['python']}, torch {r0['torch']}, numpy {r0['numpy']}; "
+          f"CPU capability {r0['cpu_capability']}")
+    print(f"- config: {os.path.relpath(STAGE1_CONFIG, ROOT)} ({cfg['camera']}, "
+          f"{cfg['image_size']}x{cfg['image_size']}, batch {cfg['batch_size']}, "
+          f"{cfg['n_modes']} Noll modes, noise={cfg['noise']}, flips={cfg['augment']}); "
+          f"synthetic torch.rand images, randomly initialised teacher")
+    print(f"- camera: {cam['name']} at {cam['image_size_px']} px, {cam['pupil_samples']}-sample "
+          f"pupil, {cam['psf_size_px']} px PSF, {cam['trainable']} trainable modes")
+    print(f"- FAN (student = copy of teacher): width {fan['width']}, {fan['num_modules']} "
+          f"module(s), hourglass depth {fan['depth']}, {fan['params']:,} parameters")
+    print(f"- timing: one fresh process per thread count (OMP/MKL/OPENBLAS_NUM_THREADS and "
+          f"torch.set_num_threads = N, inter-op threads left at torch's default "
+          f"{r0['interop_threads']}); {r0['warmup']} warm-up calls, then {r0['steps']} "
+          f"interleaved rounds (step, camera, FAN in shuffled order), time.perf_counter, "
+          f"gc off inside timed calls")
+    print("- OpenMP env of the workers: " + ", ".join(
+        f"{v}={r0['env'].get(v) or 'unset'}" for v in _OMP_EXTRA))
+    for r in results:
+        print(f"- worker {r['threads']} thread(s): load average (1/5/15 min) before "
+              f"{r['load_before']}, after {r['load_after']}; all CPUs {r['cpus_busy_pct']:.0f}% "
+              f"busy during the worker; RSS after imports {r['rss_imports_mb']:.0f} MB, "
+              f"after set-up {r['rss_setup_mb']:.0f} MB, ru_maxrss {r['ru_maxrss_mb']:.0f} MB; "
+              f"last loss {r['last_loss']:.4f}")
+    print(f"- total run time {time.perf_counter() - t_start:.1f} s")
+    print()
+    print("| threads | steps/s | ms/step median | peak RSS MB | camera fwd+bwd ms "
+          "| FAN fwd+bwd ms | camera share % | FAN share % | rest ms |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        w = r["wall"]
+        step, c, f = w["step"]["median_ms"], w["camera"]["median_ms"], w["fan"]["median_ms"]
+        print(f"| {label(r)} | {r['steps_per_s']:.2f} | {step:.1f} | {r['vmhwm_mb']:.0f} "
+              f"| {c:.1f} | {f:.1f} | {100 * c / step:.0f} | {100 * f / step:.0f} "
+              f"| {step - c - f:.1f} |")
+    print()
+    print("| threads | step IQR ms | step min ms | step CPU ms | camera IQR ms | camera CPU ms "
+          "| FAN IQR ms | FAN CPU ms |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        w, cpu = r["wall"], r["cpu_median_ms"]
+        print(f"| {label(r)} | {w['step']['iqr_ms']:.1f} | {w['step']['min_ms']:.1f} "
+              f"| {cpu['step']:.1f} | {w['camera']['iqr_ms']:.1f} | {cpu['camera']:.1f} "
+              f"| {w['fan']['iqr_ms']:.1f} | {cpu['fan']:.1f} |")
+    print()
+    print("steps/s: timed steps / their summed wall time. ms columns: wall-clock medians of "
+          "single calls. Peak RSS: the worker's VmHWM (includes Python + torch, see 'RSS after "
+          "imports' and 'after set-up'). Shares: camera or FAN median / step median; "
+          "rest = step - camera - FAN (Adam, batch assembly, autograd glue). CPU ms: process "
+          "CPU time (all threads); CPU > wall means the threads ran in parallel, wall >> CPU "
+          "means preemption.")
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()
+    if ARGS.worker:
+        worker(ARGS)
+    else:
+        main(ARGS)
