@@ -45,7 +45,7 @@ __all__ = [
     "form_image",
 ]
 
-BOUNDARIES = ("linear", "circular")
+BOUNDARIES = ("linear", "circular", "replicate")
 RESPONSES = ("linear", "gamma")
 
 _GAMMA_EPS = 1e-8  # below this the gamma curve is continued linearly (finite slope at 0)
@@ -76,12 +76,15 @@ def convolve(x: torch.Tensor, psf: torch.Tensor, boundary: str = "linear") -> to
     ``y[..., i, j] = sum_{u,v} psf[..., u, v] * x[..., i - (u - Kh//2), j - (v - Kw//2)]``,
     with ``x`` outside the ``H x W`` grid taken as 0 (``boundary="linear"``, the "same" crop of
     the full linear convolution; equal to ``scipy.signal.fftconvolve(x, psf, mode="same")`` for
-    odd K) or periodic (``boundary="circular"``).
+    odd K), periodic (``boundary="circular"``), or continued by its edge values
+    (``boundary="replicate"``: a crop of a larger scene whose surroundings resemble its
+    border, so light from just outside the field of view is not replaced by black).
 
     Args:
         x: ``(B, C, H, W)`` or ``(C, H, W)`` images.
         psf: ``(C, Kh, Kw)`` or ``(B, C, Kh, Kw)`` kernels (batch 1 broadcasts), same device.
-        boundary: ``"linear"`` (zero padding) or ``"circular"`` (periodic).
+        boundary: ``"linear"`` (zero padding), ``"circular"`` (periodic) or
+            ``"replicate"`` (edge padding).
 
     Returns:
         Tensor with the shape of ``x`` and the promoted floating dtype of ``x`` and ``psf``.
@@ -104,6 +107,12 @@ def convolve(x: torch.Tensor, psf: torch.Tensor, boundary: str = "linear") -> to
     kh, kw = psf.shape[-2:]
     if min(h, w, kh, kw) < 1:
         raise ValueError(f"empty image or psf: x {tuple(x.shape)}, psf {tuple(psf.shape)}")
+    if boundary == "replicate":  # pad by the kernel's reach, convolve linearly, crop back
+        ph, pw = kh // 2, kw // 2
+        padded = torch.nn.functional.pad(xb, (pw, kw - 1 - pw, ph, kh - 1 - ph),
+                                         mode="replicate")
+        y = convolve(padded, psf, "linear")[..., ph:ph + h, pw:pw + w]
+        return y.squeeze(0) if squeeze else y
 
     out_dtype = torch.promote_types(x.dtype, psf.dtype)
     if not out_dtype.is_floating_point:

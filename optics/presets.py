@@ -35,7 +35,7 @@ _LOPEZ = CameraConfig(
     psf_size_px=160,
     n_modes=15,
     image_size_px=256,
-    sensor=SensorModel(read_noise_std=0.005, bit_depth=8),
+    sensor=SensorModel(boundary="replicate", read_noise_std=0.005, bit_depth=8),
 )
 
 _PROTO = CameraConfig(
@@ -52,7 +52,7 @@ _PROTO = CameraConfig(
     psf_size_px=64,
     n_modes=15,
     image_size_px=256,
-    sensor=SensorModel(read_noise_std=0.005, bit_depth=8),
+    sensor=SensorModel(boundary="replicate", read_noise_std=0.005, bit_depth=8),
 )
 
 _LR16 = _LOPEZ.replace(
@@ -63,7 +63,7 @@ _LR16 = _LOPEZ.replace(
     psf_size_px=32,
     n_modes=4,
     trainable_modes=(),
-    sensor=SensorModel(read_noise_std=0.005, bit_depth=8, binning=16),
+    sensor=SensorModel(boundary="replicate", read_noise_std=0.005, bit_depth=8, binning=16),
 )
 
 PRESETS: dict[str, CameraConfig] = {c.name: c for c in (_LOPEZ, _PROTO, _LR16)}

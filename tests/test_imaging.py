@@ -355,3 +355,21 @@ def test_form_image_noise_and_gradients():
     y.mean().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
     assert psf.grad is not None and torch.isfinite(psf.grad).all()
+
+
+def test_replicate_boundary_keeps_flat_fields_flat_and_matches_edge_padding():
+    g = torch.Generator().manual_seed(0)
+    psf = torch.rand(3, 9, 9, generator=g, dtype=torch.float64)
+    psf = psf / psf.sum(dim=(-1, -2), keepdim=True)
+    flat = torch.full((1, 3, 12, 12), 0.7, dtype=torch.float64)
+    torch.testing.assert_close(convolve(flat, psf, "replicate"), flat)
+    x = torch.rand(2, 3, 12, 16, generator=g, dtype=torch.float64)
+    from scipy.signal import convolve2d
+
+    ref = np.stack([[convolve2d(np.pad(x[b, c].numpy(), 4, mode="edge"),
+                                             psf[c].numpy(), mode="valid")
+                     for c in range(3)] for b in range(2)])
+    np.testing.assert_allclose(convolve(x, psf, "replicate").numpy(), ref, atol=1e-12)
+    # a kernel larger than the image
+    big = torch.ones(3, 31, 31, dtype=torch.float64) / 31**2
+    torch.testing.assert_close(convolve(flat, big, "replicate"), flat)
