@@ -7,7 +7,11 @@
 - ``L_hmap = mean |U(y) - U*(x)|``: the student heatmaps on ``y`` follow the frozen teacher's
   on ``x``.
 - Identity (optional): ``relu(margin - ||e(y) - e(x)||)`` with a differentiable face
-  embedder ``e``, pushing identities apart until they are ``margin`` apart.
+  embedder ``e``, pushing ``y`` away from its own face until they are ``margin`` apart.
+  Against an attacker who degrades a gallery with the same camera this is not enough (the
+  ``y`` of different people must also look alike), hence the spread term
+  ``mean_i ||e(y_i) - mean_j e(y_j)||``, which pulls the batch's embeddings together. It is
+  computed per process, so under DDP it depends on the local batch.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["image_distance_loss", "psf_target_loss", "heatmap_loss", "identity_loss"]
+__all__ = ["image_distance_loss", "psf_target_loss", "heatmap_loss", "identity_loss",
+           "identity_spread_loss"]
 
 
 def _match_size(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -42,3 +47,8 @@ def heatmap_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 def identity_loss(emb_y: torch.Tensor, emb_x: torch.Tensor, margin: float = 0.6) -> torch.Tensor:
     """Hinge on the embedding distance: zero once ``||e(y) - e(x)|| >= margin``."""
     return F.relu(margin - (emb_y - emb_x).norm(dim=-1)).mean()
+
+
+def identity_spread_loss(emb_y: torch.Tensor) -> torch.Tensor:
+    """Mean distance of the embeddings ``(B, D)`` from their batch mean."""
+    return (emb_y - emb_y.mean(dim=0, keepdim=True)).norm(dim=-1).mean()

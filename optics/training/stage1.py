@@ -34,7 +34,13 @@ from ..configio import save_config, to_dict
 from ..presets import get_preset
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .distributed import DistInfo, all_mean
-from .losses import heatmap_loss, identity_loss, image_distance_loss, psf_target_loss
+from .losses import (
+    heatmap_loss,
+    identity_loss,
+    identity_spread_loss,
+    image_distance_loss,
+    psf_target_loss,
+)
 from .schedule import global_batch, rank_slice, sample_generator
 
 __all__ = ["Stage1Config", "Stage1Model", "Stage1Trainer", "build_camera"]
@@ -42,7 +48,7 @@ __all__ = ["Stage1Config", "Stage1Model", "Stage1Trainer", "build_camera"]
 log = logging.getLogger(__name__)
 
 LOG_FIELDS = ("step", "loss", "optics", "image_term", "psf_term", "hmap", "identity",
-              "seconds")
+              "identity_spread", "seconds")
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,7 @@ class Stage1Config:
     alpha2: float = 10.0
     identity_weight: float = 0.0
     identity_margin: float = 0.6
+    identity_spread_weight: float = 0.0
     steps: int = 500
     batch_size: int = 8
     lr_optics: float = 0.02
@@ -76,8 +83,8 @@ class Stage1Config:
     def __post_init__(self):
         if self.steps < 0 or self.batch_size < 1 or self.image_size < 16:
             raise ValueError("need steps >= 0, batch_size >= 1 and image_size >= 16")
-        for name in ("alpha1", "alpha2", "identity_weight", "lr_optics", "lr_fan",
-                     "init_std_um"):
+        for name in ("alpha1", "alpha2", "identity_weight", "identity_spread_weight",
+                     "lr_optics", "lr_fan", "init_std_um"):
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
                 raise ValueError(f"{name} must be finite and >= 0, got {v}")
@@ -222,7 +229,8 @@ class Stage1Trainer:
         optics = image_term + cfg.alpha1 * psf_term
         total = optics + cfg.alpha2 * hmap
         ident = torch.zeros((), device=x.device)
-        if cfg.identity_weight > 0 and self.identity_net is not None and affines is not None:
+        spread = torch.zeros((), device=x.device)
+        if self.identity_net is not None and affines is not None:
             from deid.identity_net import warp_to_chips
 
             a = affines.to(x.device)
@@ -230,9 +238,11 @@ class Stage1Trainer:
                 e_x = self.identity_net(warp_to_chips(x, a))
             e_y = self.identity_net(warp_to_chips(_upsample(y, x), a))
             ident = identity_loss(e_y, e_x, cfg.identity_margin)
-            total = total + cfg.identity_weight * ident
+            spread = identity_spread_loss(e_y)
+            total = total + cfg.identity_weight * ident + cfg.identity_spread_weight * spread
         return {"loss": total, "optics": optics, "image_term": image_term,
-                "psf_term": psf_term, "hmap": hmap, "identity": ident, "y": y,
+                "psf_term": psf_term, "hmap": hmap, "identity": ident,
+                "identity_spread": spread, "y": y,
                 "student_hm": student_hm, "teacher_hm": teacher_hm}
 
     def train_step(self) -> dict:
