@@ -283,7 +283,8 @@ def sensor_psf(opd_m, *, aperture, wavelength_m, aperture_radius_m: float, focal
     if method == "auto":
         method = sensor_propagation_method(n, aperture_radius_m, lam.numpy(),
                                            f_t.detach().cpu().double().numpy(),
-                                           sensor_distance_m, float(d), pixel_pitch_m, psf_size)
+                                           sensor_distance_m, float(d.detach()), pixel_pitch_m,
+                                           psf_size)
     if method not in ("ir", "tf"):
         raise ValueError(f"unknown propagation method {method!r}; use 'auto', 'ir' or 'tf'")
     xi = centred_coords(n, dx, dtype=real, device=dev)

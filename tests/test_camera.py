@@ -216,6 +216,6 @@ def test_method_is_chosen_by_sampling():
         object_distance_m=math.inf, pixel_pitch_m=10e-6, chromatic=False)
     cam = Camera(lensless)
     assert cam.method == "tf"
-    assert cam.psf().shape == (3, 128, 128)
+    assert cam.psf().shape == (3, lensless.psf_size_px, lensless.psf_size_px)
     with pytest.raises(SamplingError, match="no Fresnel form"):
         choose(32, 1e-3, [550e-9], [math.inf], 3e-3, math.inf, 1e-6, 128)
