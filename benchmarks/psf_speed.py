@@ -109,42 +109,13 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmark the working tree
 
+# --------------------------------------------------------------------------------- machine
+from machine import cpu_counters, cpu_model, loadavg  # noqa: E402  (benchmarks/machine.py)
+
 from optics.camera import Camera  # noqa: E402
 from optics.imaging import _wrap_kernel  # noqa: E402
 from optics.presets import get_preset  # noqa: E402
 from optics.psf import FraunhoferPSF  # noqa: E402
-
-
-# --------------------------------------------------------------------------------- machine
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "n/a"
-
-
-def cpu_counters():
-    """``(busy, total)`` jiffies over all CPUs from /proc/stat (None if unavailable)."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
-    total = sum(v[:8])  # user..steal (guest time is already inside user)
-    return total - idle, total
 
 
 def malloc_info() -> str:
