@@ -3,7 +3,8 @@ deid.identity_net (the torch copy of dlib's face-recognition ResNet).
 
 Slow tests use the 5x11 "johns" chips of the dlib 19.5.0 sdist when it is cached (in
 ``$PRIVLENS_HOME/sources``, ``~/.cache/privlens/sources`` or ``/tmp/dlibsdist``) and the
-face-api weights when npm can fetch them; each skips with its reason otherwise.
+face-api weights when npm can fetch them (those tests skip with the reason otherwise); the
+sdist is downloaded from PyPI when it is not cached.
 """
 
 from __future__ import annotations
@@ -421,9 +422,12 @@ def _dlib_sdist() -> Path | None:
 def johns():
     """The 55 johns chips (5 identities x 11) as ``(images (55, 3, 150, 150), ids)``."""
     sdist = _dlib_sdist()
-    if sdist is None:
-        pytest.skip("dlib 19.5.0 sdist not cached: pip download --no-deps --no-binary :all: "
-                    "--no-build-isolation dlib==19.5.0 -d /tmp/dlibsdist")
+    if sdist is None:  # fetch it the way deid fetch-demo-data does (PyPI only)
+        from deid.data.corpus import default_home
+        from deid.data.sources import SOURCES, ensure_source
+
+        dlib_src = next(s for s in SOURCES if s.filename == "dlib-19.5.0.tar.gz")
+        sdist = ensure_source(dlib_src, default_home() / "sources")
     from PIL import Image
     prefix = "dlib-19.5.0/docs/docs/cache/examples/johns/"
     images, ids = [], []
