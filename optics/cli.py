@@ -52,6 +52,16 @@ def add_camera_args(p: argparse.ArgumentParser) -> None:
                         "sensor.read_noise_std=0.01 (repeatable)")
 
 
+def add_training_config_args(p: argparse.ArgumentParser, cls, skip=()) -> None:
+    """``--config FILE``, ``--set KEY=VALUE``, ``--quiet`` and one ``--field`` per field of the
+    training config dataclass ``cls`` (precedence: defaults < file < --field < --set)."""
+    p.add_argument("--config", metavar="FILE", help=f"YAML config ({cls.__name__} fields)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_dataclass_args(p, cls, skip=skip)
+
+
 def camera_from_args(args) -> Camera:
     """Build and validate the camera named by the common camera options."""
     if args.camera_config:
@@ -289,12 +299,9 @@ def build_cli() -> argparse.ArgumentParser:
         description="Trains the FAN teacher on the demo corpus with Gaussian heatmap targets of "
                     "the cached dlib landmarks (adaptive wing loss), then reports NME against "
                     "dlib (held-out) and against the human iBUG annotations, beside dlib's own."))
-    p.add_argument("--config", metavar="FILE", help="YAML config (FANTrainConfig fields)")
     p.add_argument("--out", required=True, help="output folder (fan.pt, nme.json)")
     p.add_argument("--data", help="face corpus (default $PRIVLENS_HOME/demo-faces)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_dataclass_args(p, FANTrainConfig, skip=("device",))
+    add_training_config_args(p, FANTrainConfig, skip=("device",))
     p.set_defaults(func=cmd_pretrain_fan)
 
     p = add_common(sub.add_parser(
@@ -304,13 +311,10 @@ def build_cli() -> argparse.ArgumentParser:
                     "report.json into the run folder. Works under torchrun (DDP).",
         epilog="example: optics train-stage1 --config configs/stage1-demo.yaml --teacher "
                "runs/demo/teacher/fan.pt --out runs/demo/stage1"))
-    p.add_argument("--config", metavar="FILE", help="YAML config (Stage1Config fields)")
     p.add_argument("--out", help="run folder")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-report", action="store_true", help="skip the final evaluation")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_dataclass_args(p, Stage1Config)
+    add_training_config_args(p, Stage1Config)
     p.set_defaults(func=cmd_train_stage1)
 
     p = add_common(sub.add_parser(

@@ -19,19 +19,22 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["image_distance_loss", "psf_target_loss", "heatmap_loss", "identity_loss",
+__all__ = ["resize_to", "image_distance_loss", "psf_target_loss", "heatmap_loss", "identity_loss",
            "identity_spread_loss"]
 
 
-def _match_size(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    if y.shape[-2:] == x.shape[-2:]:
+def resize_to(y: torch.Tensor, size) -> torch.Tensor:
+    """``y (B, C, h, w)`` bilinearly resized to ``size`` (an int or ``(H, W)``); unchanged if
+    it already has that size (e.g. a low-resolution camera image brought to the scene's)."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(y.shape[-2:]) == size:
         return y
-    return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
 
 
 def image_distance_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``1 - mean((x - y)^2)`` for images in [0, 1]; a low-resolution ``y`` is upsampled."""
-    return 1.0 - (x - _match_size(y, x)).pow(2).mean()
+    return 1.0 - (x - resize_to(y, x.shape[-2:])).pow(2).mean()
 
 
 def psf_target_loss(psf: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ..configio import from_dict, to_dict
 from .checkpoint import load_checkpoint, save_checkpoint
+from .losses import resize_to
 from .schedule import global_batch, sample_generator
 
 __all__ = ["FANTrainConfig", "train_teacher", "load_teacher", "evaluate_nme", "affine_augment"]
@@ -153,10 +154,7 @@ def evaluate_nme(model, images: torch.Tensor, reference: torch.Tensor, batch: in
     for i in range(0, len(images), batch):
         x = images[i:i + batch].to(device)
         if transform is not None:
-            x = transform(x)
-            if x.shape[-1] != model.config.input_size:
-                x = F.interpolate(x, size=(model.config.input_size,) * 2, mode="bilinear",
-                                  align_corners=False)
+            x = resize_to(transform(x), model.config.input_size)
         pred = model.landmarks(x).cpu()
         errors.append(nme(pred, reference[i:i + batch]))
     e = torch.cat(errors) if errors else torch.empty(0)

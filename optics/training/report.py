@@ -18,13 +18,13 @@ import logging
 import math
 
 import torch
-import torch.nn.functional as F
 
 from ..camera import Camera
 from ..imaging import form_image
 from ..metrics import psf_summary
 from ..presets import get_preset
 from .data import load_split
+from .losses import resize_to
 
 __all__ = ["stage1_report", "camera_functions"]
 
@@ -66,12 +66,6 @@ def camera_functions(trainer) -> dict:
     }
 
 
-def _up(y, size):
-    if y.shape[-1] == size:
-        return y
-    return F.interpolate(y, size=(size, size), mode="bilinear", align_corners=False)
-
-
 @torch.no_grad()
 def _landmarks(model, images, batch=32):
     from deid.heatmaps import heatmaps_to_landmarks
@@ -79,7 +73,7 @@ def _landmarks(model, images, batch=32):
     out = []
     size = model.config.input_size
     for i in range(0, len(images), batch):
-        x = _up(images[i:i + batch], size)
+        x = resize_to(images[i:i + batch], size)
         heat = model(x)[:, :model.config.num_landmarks]
         out.append(heatmaps_to_landmarks(heat, size, method="taylor").cpu())
     return torch.cat(out)
@@ -113,7 +107,7 @@ def stage1_report(trainer, root) -> dict:
     cams = {}
     for name, (fn, regressor) in camera_functions(trainer).items():
         y = fn(test_x)
-        y_up = _up(y, size)
+        y_up = resize_to(y, size)
         lmk = _landmarks(regressor, y_up)
         reid = reid_report(lambda im: embed.embed(im.cpu()), johns_x, johns_ids, fn)
         cams[name] = {

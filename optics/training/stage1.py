@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..camera import Camera, defocus_target_psf
@@ -40,6 +37,7 @@ from .losses import (
     identity_spread_loss,
     image_distance_loss,
     psf_target_loss,
+    resize_to,
 )
 from .schedule import global_batch, rank_slice, sample_generator
 
@@ -118,9 +116,7 @@ class Stage1Model(nn.Module):
                            for i, g in enumerate(generators)])
         else:
             y = self.camera(x, noise=noise, psf=psf)
-        y_in = y if y.shape[-1] == x.shape[-1] else F.interpolate(
-            y, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return y, psf, self.student(y_in)
+        return y, psf, self.student(resize_to(y, x.shape[-2:]))
 
 
 def _flip(x: torch.Tensor, generators) -> tuple[torch.Tensor, list[bool]]:
@@ -236,7 +232,7 @@ class Stage1Trainer:
             a = affines.to(x.device)
             with torch.no_grad():
                 e_x = self.identity_net(warp_to_chips(x, a))
-            e_y = self.identity_net(warp_to_chips(_upsample(y, x), a))
+            e_y = self.identity_net(warp_to_chips(resize_to(y, x.shape[-2:]), a))
             ident = identity_loss(e_y, e_x, cfg.identity_margin)
             spread = identity_spread_loss(e_y)
             total = total + cfg.identity_weight * ident + cfg.identity_spread_weight * spread
@@ -356,21 +352,3 @@ class Stage1Trainer:
         plot_xy_grid(x, y, fig_dir / "x_vs_y.png")
         plot_heatmap_overlay(y, hm, fig_dir / "heatmaps_on_y.png")
         plot_loss_curves(self.history, fig_dir / "loss_curves.png")
-
-
-def _upsample(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    if y.shape[-1] == x.shape[-1]:
-        return y
-    return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
-
-
-def write_report(out_dir, report: dict) -> Path:
-    path = Path(out_dir) / "report.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    return path
-
-
-def set_threads(n: int) -> None:
-    if n > 0:
-        torch.set_num_threads(n)
-        os.environ.setdefault("OMP_NUM_THREADS", str(n))
