@@ -210,8 +210,15 @@ class Camera(nn.Module):
     def psf(self, check_sampling: bool = False, normalize: bool = True) -> torch.Tensor:
         """``(C, K, K)`` sensor PSF, each channel summing to 1 (``normalize=False``: fraction
         of the pupil power per pixel, see :func:`optics.psf.sensor_psf`)."""
+        return self.psf_of(self.coefficients_um(), check_sampling=check_sampling,
+                           normalize=normalize)
+
+    def psf_of(self, coefficients_um: torch.Tensor, check_sampling: bool = False,
+               normalize: bool = True) -> torch.Tensor:
+        """PSF of this camera with other coefficients: ``(..., n_modes)`` Noll 1..n in um of
+        OPD -> ``(..., C, K, K)`` (a batch of settings, e.g. phase-diversity planes)."""
         cfg = self.config
-        opd = self.opd_m()
+        opd = compose_opd(coefficients_um * 1e-6, self.basis)
         mft = self.mft.to(torch.complex128 if opd.dtype == torch.float64 else torch.complex64)
         return sensor_psf(
             opd, aperture=self.aperture, wavelength_m=self.wavelengths_m,
