@@ -4,7 +4,11 @@ Model fitting (Gonsalves' phase diversity; Paxman, Schulz and Fienup, JOSA A 9, 
 the Noll coefficients ``c`` (micrometres of OPD) whose simulated PSFs, at the known defocus
 offsets ``d_i`` of each diversity plane, match the measured ones in least squares:
 
-    min_c  sum_i || H(c + d_i e_4) - M_i ||^2 / sum_i || M_i ||^2
+    min_c  sum_i min_{s_i, b_i} || s_i H(c + d_i e_4) + b_i - M_i ||^2 / sum_i || M_i - <M_i> ||^2
+
+The per-plane gain ``s_i`` and offset ``b_i`` are solved in closed form inside the loss, so
+the exposure and any residual background level (a hundredth of a count per pixel already
+moves the sum of a 64 x 64 crop by as much as a sharp PSF's signal) do not bias the fit.
 
 A single in-focus PSF cannot tell the sign of the even modes (defocus, astigmatism,
 spherical, tetrafoil: ``H(W) = H(-W)`` for a point-symmetric ``W``); a defocused plane breaks
@@ -48,6 +52,16 @@ class FitResult:
         return {j + 1: float(v) for j, v in enumerate(self.coefficients_um)}
 
 
+def _affine_residual(h: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """``sum_i min_{s,b} || s h_i + b - m_i ||^2`` over planes (D, K, K), closed form."""
+    hc = h - h.mean(dim=(-2, -1), keepdim=True)
+    mc = m - m.mean(dim=(-2, -1), keepdim=True)
+    hh = (hc * hc).sum(dim=(-2, -1))
+    hm = (hc * mc).sum(dim=(-2, -1))
+    mm = (mc * mc).sum(dim=(-2, -1))
+    return (mm - hm**2 / hh.clamp_min(1e-30)).sum()
+
+
 class PSFFitter:
     """Fits PSF stacks of one camera channel. ``camera_config`` is the bench's optics (its
     PSF window size must equal the measured crop size)."""
@@ -82,7 +96,7 @@ class PSFFitter:
             s = np.array(base_um, dtype=float)[: self.config.n_modes].copy()
             s[noll - 1] = v
             with torch.no_grad():
-                loss = float(((self.model(s, diversity_um).numpy() - m) ** 2).sum())
+                loss = float(_affine_residual(self.model(s, diversity_um), torch.from_numpy(m)))
             if best is None or loss < best[0]:
                 best = (loss, s)
         return best[1]
@@ -100,7 +114,7 @@ class PSFFitter:
             raise ValueError(f"{m.shape[0]} PSFs but {len(diversity_um)} diversity offsets")
         n = self.config.n_modes
         starts = [np.zeros(n)] if starts is None else [np.asarray(s, float)[:n] for s in starts]
-        norm = float((m**2).sum())
+        norm = float(((m - m.mean(dim=(-2, -1), keepdim=True)) ** 2).sum())
         best = None
         for s0 in starts:
             p = torch.tensor(np.asarray(s0)[1:], dtype=torch.float64, requires_grad=True)
@@ -111,14 +125,14 @@ class PSFFitter:
             def closure():
                 opt.zero_grad()
                 c = torch.cat([p.new_zeros(1), p])
-                loss = ((self.model(c, diversity_um) - m) ** 2).sum() / norm
+                loss = _affine_residual(self.model(c, diversity_um), m) / norm
                 loss.backward()
                 return loss
 
             opt.step(closure)
             with torch.no_grad():
                 c = torch.cat([p.new_zeros(1), p])
-                loss = float(((self.model(c, diversity_um) - m) ** 2).sum() / norm)
+                loss = float(_affine_residual(self.model(c, diversity_um), m) / norm)
             if best is None or loss < best[0]:
                 best = (loss, c.detach().numpy().copy())
         loss, c = best

@@ -26,7 +26,9 @@ def to_float(frame) -> np.ndarray:
 
 def background(frame: np.ndarray, dark: np.ndarray | None = None,
                border_px: int = 8) -> np.ndarray:
-    """Subtract the dark frame (if given) and the median of a border strip (stray light)."""
+    """Subtract the dark frame (if given) and the mean of a border strip (stray light). The
+    mean, not the median: on 8-bit frames with noise of a count or so the median is biased by
+    up to half a count, which over a 64 x 64 crop outweighs a sharp PSF's whole signal."""
     f = to_float(frame)
     if dark is not None:
         f = f - to_float(dark)
@@ -34,7 +36,7 @@ def background(frame: np.ndarray, dark: np.ndarray | None = None,
     strip = np.concatenate([f[:b].reshape(-1, *f.shape[2:]), f[-b:].reshape(-1, *f.shape[2:]),
                             f[:, :b].reshape(-1, *f.shape[2:]),
                             f[:, -b:].reshape(-1, *f.shape[2:])])
-    return f - np.median(strip, axis=0)
+    return f - strip.mean(axis=0)
 
 
 def centroid_px(image: np.ndarray, threshold: float = 0.05) -> tuple[float, float]:

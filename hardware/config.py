@@ -59,8 +59,9 @@ class SimConfig:
     seed: int = 0
     dark_level: float = 0.03  # sensor offset, fraction of full scale
     read_noise_std: float = 0.004  # fraction of full scale
-    static_aberration_um: tuple[float, ...] = (0.0, 0.0, 0.0, 0.02, -0.015, 0.01, 0.0, 0.008)
-    pinhole_offset_px: tuple[float, ...] = (3.4, -2.7)  # (row, col) from the optical axis
+    # bench aberration with a flat mirror, Noll 1.. (um OPD); tip/tilt = pinhole off axis
+    static_aberration_um: tuple[float, ...] = (0.0, 0.03, -0.02, 0.02, -0.015, 0.01, 0.0, 0.008)
+    pinhole_offset_px: tuple[float, ...] = (3.0, -2.0)  # (row, col) whole pixels off axis
     mirror_scales_um: tuple[float, ...] = ()  # empty: the fake library's built-in default
     mirror_signs: tuple[float, ...] = ()
     mirror_rotation_deg: float = 0.0
