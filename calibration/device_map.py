@@ -139,7 +139,7 @@ class DeviceSolution:
         return mode_flags()
 
     def as_dict(self) -> dict[str, float]:
-        return {d.label: float(a) for d, a in zip(DEVICE_MODES, self.amplitudes)}
+        return {d.label: float(a) for d, a in zip(DEVICE_MODES, self.amplitudes, strict=True)}
 
 
 def _vector(coefficients_um) -> np.ndarray:

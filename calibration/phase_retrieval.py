@@ -86,11 +86,13 @@ class PSFFitter:
         return self.camera.psf_of(batch)[:, 0]
 
     def scan_start(self, measured, diversity_um, base_um, noll: int,
-                   values_um=np.linspace(-1.5, 1.5, 31)) -> np.ndarray:
+                   values_um=None) -> np.ndarray:
         """Best start along one mode: ``base_um`` with Noll ``noll`` set to each of
         ``values_um`` (forward model only). Large single-mode aberrations (a poked mirror
         mode) lie far outside L-BFGS's basin from zero; a 1-D scan puts the fit inside it."""
         m = np.asarray(measured, dtype=float).reshape(-1, self.size, self.size)
+        if values_um is None:
+            values_um = np.linspace(-1.5, 1.5, 31)
         best = None
         for v in values_um:
             s = np.array(base_um, dtype=float)[: self.config.n_modes].copy()
@@ -122,7 +124,7 @@ class PSFFitter:
                                     tolerance_change=self.config.tolerance,
                                     line_search_fn="strong_wolfe")
 
-            def closure():
+            def closure(opt=opt, p=p):
                 opt.zero_grad()
                 c = torch.cat([p.new_zeros(1), p])
                 loss = _affine_residual(self.model(c, diversity_um), m) / norm
@@ -139,6 +141,6 @@ class PSFFitter:
         with torch.no_grad():
             h = self.model(c, diversity_um).numpy()
         corr = float(np.mean([np.corrcoef(a.ravel(), b.ravel())[0, 1]
-                              for a, b in zip(h, m.numpy())]))
+                              for a, b in zip(h, m.numpy(), strict=True)]))
         log.debug("phase retrieval: loss %.3g, correlation %.4f", loss, corr)
         return FitResult(c, loss, corr, len(starts))

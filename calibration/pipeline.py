@@ -31,7 +31,7 @@ from hardware.mirror_modes import DEVICE_MODES, N_DEVICE_MODES
 
 from .device_map import DeviceCalibration, device_to_noll, noll_to_device, prototype_amplitudes
 from .phase_retrieval import PhaseRetrievalConfig, PSFFitter
-from .psf_measure import background, measure_psf_stack, to_float
+from .psf_measure import measure_psf_stack, to_float
 from .registration import register_pair
 
 __all__ = ["CalibrationConfig", "STEPS", "calibrate"]
@@ -199,8 +199,8 @@ class _Calibrator:
         if todo:
             log.info("poking %d settings (%d done before)", len(todo), 24 - len(todo))
             stacks = self._measure_stacks([t[2] for t in todo], "pokes")
-            for (k, tag, amps), (stack, div) in tqdm(list(zip(todo, stacks)), desc="fits",
-                                                     leave=False):
+            pairs = list(zip(todo, stacks, strict=True))
+            for (k, tag, amps), (stack, div) in tqdm(pairs, desc="fits", leave=False):
                 mode = DEVICE_MODES[k]
                 start = self.fitter.scan_start(
                     stack, div, flat_fit, mode.noll,
