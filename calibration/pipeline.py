@@ -7,7 +7,8 @@ steps to run again), and the poke step also resumes mode by mode. Layout::
 
     dark/{privacy,reference}          (H, W, 3) float32 mean dark frames, [0, 1]
     flat/voltages_v                   segment voltages after relax
-    registration/homography           (3, 3) reference px -> privacy px; attrs rms/max error
+    registration/homography           (3, 3) reference px -> privacy px (privlens pixel
+                                      frame, centres at i + 0.5); attrs rms/max error
     psf/stack                         (D, K, K) measured flat-mirror PSFs (green), per plane
     psf/diversity_um, psf/fit_um      Z4 offset per plane; fitted Noll 1..15 (um OPD)
     pokes/{label}{+,-}/stack          measured PSF stacks per poke; attrs fit_um, loss, corr
@@ -32,7 +33,7 @@ from hardware.mirror_modes import DEVICE_MODES, N_DEVICE_MODES
 from .device_map import DeviceCalibration, device_to_noll, noll_to_device, prototype_amplitudes
 from .phase_retrieval import PhaseRetrievalConfig, PSFFitter
 from .psf_measure import measure_psf_stack, to_float
-from .registration import register_pair
+from .registration import register_pair, to_pixel_frame
 
 __all__ = ["CalibrationConfig", "STEPS", "calibrate"]
 
@@ -166,7 +167,9 @@ class _Calibrator:
         reg = register_pair(pair.reference.image, pair.privacy.image,
                             tuple(self.cfg.checkerboard))
         g = _group(f, "registration")
-        g["homography"] = reg.homography
+        g["homography"] = to_pixel_frame(reg.homography)
+        g["homography"].attrs["convention"] = ("reference px -> privacy px, pixel i covers "
+                                               "[i, i+1) (privlens frame)")
         g["reference_corners"] = reg.reference_corners
         g["privacy_corners"] = reg.privacy_corners
         g["privacy_frame"] = pair.privacy.image

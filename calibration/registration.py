@@ -4,6 +4,11 @@ Both cameras see the same checkerboard with the mirror flat. Inner corners are f
 frame and refined to sub-pixel accuracy; the homography ``H`` maps *reference-camera* pixels
 (x, y) to *privacy-camera* pixels, ``p ~ H r`` in homogeneous coordinates. Its quality is
 the RMS reprojection error in privacy-camera pixels.
+
+Corner positions and :func:`register_pair`'s homography are in OpenCV's pixel frame (pixel
+centres on integers). ``rig calibrate`` stores the homography in privlens' frame (pixel ``i``
+covers ``[i, i + 1)``, centre ``i + 0.5``; :mod:`deid.data.landmarks`, :mod:`captures.dataset`),
+converted by :func:`to_pixel_frame`.
 """
 
 from __future__ import annotations
@@ -13,7 +18,15 @@ import dataclasses
 import numpy as np
 
 __all__ = ["Registration", "find_corners", "register_pair", "checkerboard_image",
-           "warp_points"]
+           "warp_points", "to_pixel_frame"]
+
+
+def to_pixel_frame(h_opencv) -> np.ndarray:
+    """A homography between OpenCV pixel frames rewritten for privlens' (centres at i + 0.5):
+    ``T(+0.5) H T(-0.5)``; the inverse of :func:`captures.dataset.cv2_matrix`."""
+    t = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
+    h = t @ np.asarray(h_opencv, dtype=np.float64) @ np.linalg.inv(t)
+    return h / h[2, 2]
 
 
 def checkerboard_image(size_px: int, squares: int = 8, margin_px: int | None = None):
