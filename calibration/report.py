@@ -185,7 +185,8 @@ def write_report(path, out_dir, rig_config=None, simulated: bool = False) -> dic
             f"iter {r['iteration']}: rms {r['rms_error_um']:.4f} um, corr "
             f"{r['correlation']:.4f}" for r in h))
     if "modes" in summary:
-        lines += ["", "| mode | scale (um/unit) | sign | rotation (deg) |", "| --- | --- | --- | --- |"]
+        lines += ["", "| mode | scale (um/unit) | sign | rotation (deg) |",
+                  "| --- | --- | --- | --- |"]
         for k, v in summary["modes"].items():
             lines.append(f"| {k} | {v['scale_um']:.4f} | {v['sign']:+d} | "
                          f"{v['rotation_deg']:.2f} |")

@@ -137,8 +137,12 @@ def _mirror_amplitudes(args):
     """(12,) amplitudes and a description from --device-file / --coefficients + --calibration."""
     import numpy as np
 
-    from calibration.device_map import (load_calibration, load_device_file, noll_to_device,
-                                        prototype_amplitudes)
+    from calibration.device_map import (
+        load_calibration,
+        load_device_file,
+        noll_to_device,
+        prototype_amplitudes,
+    )
 
     if args.device_file:
         return load_device_file(args.device_file), None, str(args.device_file)
