@@ -177,7 +177,7 @@ def noll_to_device(coefficients_um, calibration: DeviceCalibration,
         names = ", ".join(f"{DEVICE_MODES[k].label}={a[k]:+.3f}" for k in np.flatnonzero(bad))
         msg = f"device amplitudes outside [{lo:g}, {hi:g}]: {names}"
         if not clip:
-            raise AmplitudeRangeError(msg + " (refused; pass clip to clip them)")
+            raise AmplitudeRangeError(msg + " (refused; use --clip to clip them)")
         log.warning("%s; clipped", msg)
         a = np.clip(a, lo, hi)
         clipped = True

@@ -154,6 +154,35 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def cmd_export_dm(args) -> int:
+    """Noll coefficients (a stage-1 run or a coefficients file) -> deformable-mirror file."""
+    from calibration.device_map import (load_calibration, nominal_calibration, noll_to_device,
+                                        save_device_file)
+
+    from .coefficients import load_coefficients
+
+    src = Path(args.source)
+    if src.is_dir():
+        src = src / "coefficients.json"
+        if not src.exists():
+            raise UserError(f"{args.source} has no coefficients.json (is it a stage-1 run?)")
+    coeffs = load_coefficients(src)
+    if args.calibration:
+        cal = load_calibration(args.calibration)
+    elif args.nominal_scale_um:
+        cal = nominal_calibration(args.nominal_scale_um)
+    else:
+        raise UserError("give --calibration FILE (from rig calibrate), or --nominal-scale-um "
+                        "for an uncalibrated dry run")
+    sol = noll_to_device(coeffs, cal, clip=args.clip)
+    path = save_device_file(sol, args.out, source=str(src), calibration=cal.source)
+    print(f"wrote {path}")
+    print("  " + "  ".join(f"{k}={v:+.3f}" for k, v in sol.as_dict().items()))
+    print(f"  residual the mirror cannot make: {sol.residual_rms_um:.4f} um RMS OPD"
+          f"{' (after clipping)' if sol.clipped else ''}")
+    return 0
+
+
 def _repo_configs() -> Path:
     return Path(__file__).resolve().parents[1] / "configs"
 
@@ -290,6 +319,24 @@ def build_cli() -> argparse.ArgumentParser:
     p.add_argument("--no-noise", action="store_true", help="noise-free rendering")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.set_defaults(func=cmd_simulate)
+
+    p = add_common(sub.add_parser(
+        "export-dm", help="convert Noll coefficients to deformable-mirror device amplitudes",
+        description="Maps Noll coefficients (um OPD) onto the 12 Thorlabs Zernike modes Z4..Z15 "
+                    "by least squares through a calibrated device matrix, reports the residual "
+                    "the mirror cannot make, and refuses out-of-range amplitudes unless --clip.",
+        epilog="example: optics export-dm runs/demo/stage1 --calibration "
+               "runs/bench/calibration.h5 --out mask.dm.json"))
+    p.add_argument("source", metavar="RUN_OR_COEFFS",
+                   help="a stage-1 run folder or a coefficients JSON/YAML")
+    p.add_argument("--calibration", metavar="FILE",
+                   help="rig calibrate's calibration.h5 (or a device-map JSON)")
+    p.add_argument("--nominal-scale-um", type=float, metavar="UM",
+                   help="no calibration: assume UM um OPD per device unit on each nominal mode")
+    p.add_argument("--clip", action="store_true",
+                   help="clip out-of-range amplitudes (warning) instead of refusing")
+    p.add_argument("--out", required=True, metavar="FILE", help="device file (.json)")
+    p.set_defaults(func=cmd_export_dm)
 
     from .training.pretrain_fan import FANTrainConfig
     from .training.stage1 import Stage1Config
