@@ -156,8 +156,12 @@ def cmd_simulate(args) -> int:
 
 def cmd_export_dm(args) -> int:
     """Noll coefficients (a stage-1 run or a coefficients file) -> deformable-mirror file."""
-    from calibration.device_map import (load_calibration, nominal_calibration, noll_to_device,
-                                        save_device_file)
+    from calibration.device_map import (
+        load_calibration,
+        noll_to_device,
+        nominal_calibration,
+        save_device_file,
+    )
 
     from .coefficients import load_coefficients
 

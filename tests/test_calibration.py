@@ -7,9 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from calibration.device_map import (AmplitudeRangeError, DeviceCalibration, device_to_noll,
-                                    load_calibration, load_device_file, noll_to_device,
-                                    nominal_calibration, prototype_amplitudes, save_device_file)
+from calibration.device_map import (
+    AmplitudeRangeError,
+    DeviceCalibration,
+    device_to_noll,
+    load_calibration,
+    load_device_file,
+    noll_to_device,
+    nominal_calibration,
+    prototype_amplitudes,
+    save_device_file,
+)
 from calibration.phase_retrieval import PhaseRetrievalConfig, PSFFitter
 from calibration.psf_measure import background, centroid_px, crop_centered, measure_psf_stack
 from calibration.registration import checkerboard_image, register_pair, to_pixel_frame
