@@ -117,6 +117,8 @@ class _Calibrator:
     def _stage_positions(self):
         st = self.rig.config.stage
         if self.rig.stage is None:
+            log.warning("no stage: PSFs are measured in focus only, so the signs of the even "
+                        "modes (defocus, astigmatism, spherical, tetrafoil) are ambiguous")
             return [None]
         return [st.focus_mm + d for d in st.diversity_mm]
 

@@ -83,13 +83,21 @@ def cmd_dataset(args) -> int:
     return 0
 
 
+def _offline(p):
+    """These commands read files only; ``--sim`` is accepted so every ``rig`` command takes it."""
+    add_common(p)
+    p.add_argument("--sim", action="store_true", help="accepted for uniformity (no devices "
+                                                      "are used by this command)")
+    return p
+
+
 def register(sub) -> None:
     """Add ``sessions``, ``export`` and ``dataset`` to the sub-command collection ``sub``."""
-    p = add_common(sub.add_parser("sessions", help="list the capture sessions in a folder"))
+    p = _offline(sub.add_parser("sessions", help="list the capture sessions in a folder"))
     p.add_argument("dir", metavar="DIR", help="folder of session files (searched recursively)")
     p.set_defaults(func=cmd_sessions)
 
-    p = add_common(sub.add_parser("export", help="write frames of a session as PNG files"))
+    p = _offline(sub.add_parser("export", help="write frames of a session as PNG files"))
     p.add_argument("session", metavar="SESSION", help="capture session file (.h5)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--branch", choices=("privacy", "reference"), default="privacy",
@@ -98,7 +106,7 @@ def register(sub) -> None:
                    help="START:STOP[:STEP] or I,J,K (default: all)")
     p.set_defaults(func=cmd_export)
 
-    p = add_common(sub.add_parser(
+    p = _offline(sub.add_parser(
         "dataset", help="build the paired (privacy, reference) face-crop dataset"))
     p.add_argument("sessions", nargs="+", metavar="SESSION", help="capture session files")
     p.add_argument("--calibration", required=True, metavar="FILE",

@@ -114,6 +114,9 @@ class Rig:
                 cam = GPhotoCamera(cam_cfg.serial or vdir.serial, env=vdir.env,
                                    missing_settings="warn")
             else:
+                if not cam_cfg.serial:
+                    raise ValueError(f"{name}_camera.serial is empty: the real cameras are "
+                                     f"opened by serial number (see `gphoto2 --auto-detect`)")
                 vdirs.append(None)
                 cam = GPhotoCamera(cam_cfg.serial, missing_settings="error")
             cams.append(cam)

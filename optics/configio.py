@@ -55,7 +55,7 @@ def _coerce(value, tp, where: str):
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return from_dict(tp, value, where)
+        return from_dict(tp, value, f"{where}.")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
@@ -88,6 +88,8 @@ def _coerce(value, tp, where: str):
             raise ConfigError(f"{where}: expected true/false, got {value!r}")
         return value
     if tp is str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)  # YAML reads unquoted serial numbers as integers
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
