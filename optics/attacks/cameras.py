@@ -1,0 +1,163 @@
+"""The cameras an attacker faces, each with the PSF the attacker knows.
+
+An :class:`AttackCamera` maps clean faces ``x (B, 3, S, S)`` in [0, 1] to what is captured
+(``forward``, seeded noise) and carries ``psf (C, K, K)`` on the *captured* image's pixel grid
+(the attacker's knowledge: simulated, from a stage-1 run, or measured by ``rig calibrate``).
+
+Cameras (:func:`build_camera` names):
+
+- ``none``: no optics, ``y = x``;
+- ``defocus``: the stage-1 target ``H_f`` (lopez2024 optics, defocus only);
+- ``lr16``: the 16x16 low-resolution camera (its PSF on the 16x16 grid is about one pixel);
+- ``prototype``: the prototype-4f bench with the paper's mirror amplitudes, converted to
+  Noll OPD by a device calibration (``--calibration``; default: the simulated bench's mirror);
+- ``RUN_DIR``: a stage-1 run (its camera config and learned coefficients);
+- ``blur-S``: software Gaussian blur of sigma ``S`` px (at 128 px), then 8-bit quantisation;
+- ``mosaic-B``: software pixelation in ``B x B`` blocks (at 128 px), shown at full size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..camera import Camera, defocus_target_psf
+from ..imaging import SensorModel, form_image, quantize
+from ..presets import get_preset
+
+__all__ = ["AttackCamera", "build_camera", "DEFAULT_CAMERAS", "BASELINES", "gaussian_psf",
+           "box_psf"]
+
+DEFAULT_CAMERAS = ("none", "defocus", "lr16", "prototype")
+BASELINES = ("blur-2", "blur-4", "blur-8", "mosaic-4", "mosaic-8", "mosaic-16")
+REFERENCE_SIZE_PX = 128  # software baselines' strengths are given at this image size
+
+
+@dataclasses.dataclass
+class AttackCamera:
+    name: str
+    forward: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
+    psf: torch.Tensor  # (C, K, K), on y's pixel grid, channels sum to 1
+    description: str = ""
+    output_size: int | None = None  # y's side if it differs from x's
+
+    def __call__(self, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
+        with torch.no_grad():
+            g = torch.Generator(device=x.device).manual_seed(seed)
+            return self.forward(x, g)
+
+
+def gaussian_psf(sigma_px: float, channels: int = 3) -> torch.Tensor:
+    """(C, K, K) normalised Gaussian, K = 2 ceil(4 sigma) + 1."""
+    r = max(1, math.ceil(4 * sigma_px))
+    t = torch.arange(-r, r + 1, dtype=torch.float32)
+    g = torch.exp(-0.5 * (t / sigma_px) ** 2)
+    k = g[:, None] * g[None, :]
+    return (k / k.sum()).expand(channels, -1, -1).clone()
+
+
+def box_psf(block_px: int, channels: int = 3) -> torch.Tensor:
+    """(C, K, K) box of ``block_px`` (odd K; the pixelation's averaging, not its sampling)."""
+    k = block_px + (1 - block_px % 2)
+    box = torch.zeros(k, k)
+    box[:block_px, :block_px] = 1.0
+    return (box / box.sum()).expand(channels, -1, -1).clone()
+
+
+def _delta(channels=3) -> torch.Tensor:
+    d = torch.zeros(channels, 1, 1)
+    d[:, 0, 0] = 1.0
+    return d
+
+
+def _optical(name, cam: Camera, description) -> AttackCamera:
+    with torch.no_grad():
+        psf = cam.psf().float()
+    binning = cam.config.sensor.binning
+
+    def fwd(x, g):
+        return cam(x, generator=g, psf=psf.to(x.device))
+
+    if binning > 1:  # the attacker sees a binned image: its PSF is the binned one (~ 1 px)
+        k = max(1, psf.shape[-1] // binning)
+        psf = torch.nn.functional.adaptive_avg_pool2d(psf[None], (k | 1, k | 1))[0]
+        psf = psf / psf.sum(dim=(-2, -1), keepdim=True)
+    return AttackCamera(name, fwd, psf, description, cam.config.output_size_px)
+
+
+def _stage1_run(path: Path, size: int) -> AttackCamera:
+    from ..coefficients import load_coefficients
+    from ..configio import load_config
+    from ..training.stage1 import Stage1Config
+
+    cfg = load_config(Stage1Config, path / "config.yaml")
+    base = get_preset(cfg.camera).at_image_size(size)
+    coeffs = load_coefficients(path / "coefficients.json")
+    n = max([base.n_modes, cfg.n_modes, *coeffs])
+    cam = Camera(base.replace(n_modes=n), coefficients_um=coeffs)
+    return _optical(path.name, cam, f"stage-1 run {path} ({cfg.camera} optics, learned mask)")
+
+
+def build_camera(spec: str, size: int = REFERENCE_SIZE_PX, calibration=None,
+                 defocus_um: float = 0.5) -> AttackCamera:
+    """The camera named ``spec`` (see the module docstring) for ``size x size`` faces."""
+    sensor = SensorModel(boundary="replicate", read_noise_std=0.005, bit_depth=8)
+    scale = size / REFERENCE_SIZE_PX
+    if spec == "none":
+        return AttackCamera("none", lambda x, g: x, _delta(), "no optics")
+    if spec == "defocus":
+        optics = get_preset("lopez2024").at_image_size(size)
+        h = defocus_target_psf(optics, defocus_um).float()
+
+        def fwd(x, g):
+            return form_image(x, h.to(x.device, x.dtype), optics.sensor, generator=g)
+
+        return AttackCamera("defocus", fwd, h,
+                            f"lopez2024 optics, {defocus_um} um Z4 only (H_f)")
+    if spec == "lr16":
+        return _optical("lr16", Camera(get_preset("lr16").at_image_size(size)),
+                        "16x16 sensor behind an in-focus lens")
+    if spec == "prototype":
+        from calibration.device_map import (DeviceCalibration, device_to_noll,
+                                            load_calibration, prototype_amplitudes)
+
+        if calibration is None:
+            from hardware.sim.fake_tldfm import DEFAULT_HIDDEN
+
+            cal = DeviceCalibration(DEFAULT_HIDDEN.matrix(), source="simulated bench mirror")
+        else:
+            cal = load_calibration(calibration)
+        coeffs = {j: v for j, v in device_to_noll(prototype_amplitudes(), cal).items()
+                  if j >= 4}
+        cam = Camera(get_preset("prototype-4f").at_image_size(size), coefficients_um=coeffs)
+        return _optical("prototype", cam, f"prototype-4f with the paper's mirror amplitudes "
+                                          f"({cal.source})")
+    if spec.startswith("blur-"):
+        sigma = float(spec.split("-", 1)[1]) * scale
+        h = gaussian_psf(sigma)
+        soft = dataclasses.replace(sensor, read_noise_std=0.0)
+
+        def fwd(x, g):
+            return form_image(x, h.to(x.device, x.dtype), soft, noise=False)
+
+        return AttackCamera(spec, fwd, h, f"software Gaussian blur, sigma {sigma:g} px")
+    if spec.startswith("mosaic-"):
+        block = max(1, round(int(spec.split("-", 1)[1]) * scale))
+
+        def fwd(x, g):
+            s = x.shape[-1]
+            small = torch.nn.functional.avg_pool2d(x, block, ceil_mode=True)
+            big = torch.nn.functional.interpolate(small, scale_factor=block, mode="nearest")
+            return quantize(big[..., :s, :s], 8)
+
+        return AttackCamera(spec, fwd, box_psf(block), f"software pixelation, {block} px "
+                                                       f"blocks")
+    path = Path(spec)
+    if path.is_dir() and (path / "coefficients.json").exists():
+        return _stage1_run(path, size)
+    raise ValueError(f"unknown camera {spec!r}: use none, defocus, lr16, prototype, blur-S, "
+                     f"mosaic-B or a stage-1 run folder")
