@@ -122,8 +122,12 @@ def build_camera(spec: str, size: int = REFERENCE_SIZE_PX, calibration=None,
         return _optical("lr16", Camera(get_preset("lr16").at_image_size(size)),
                         "16x16 sensor behind an in-focus lens")
     if spec == "prototype":
-        from calibration.device_map import (DeviceCalibration, device_to_noll,
-                                            load_calibration, prototype_amplitudes)
+        from calibration.device_map import (
+            DeviceCalibration,
+            device_to_noll,
+            load_calibration,
+            prototype_amplitudes,
+        )
 
         if calibration is None:
             from hardware.sim.fake_tldfm import DEFAULT_HIDDEN
