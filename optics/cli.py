@@ -286,9 +286,6 @@ def cmd_privacy_report(args) -> int:
         cameras = args.cameras.split(",")
     methods = args.methods.split(",") if args.methods else list(METHODS)
     faces = load_face_sets(cfg.size, max_test=args.max_faces or None)
-    if args.max_faces:
-        faces.johns = faces.johns[: max(args.max_faces, 10)]
-        faces.johns_ids = faces.johns_ids[: len(faces.johns)]
     report = privacy_report(args.out, cameras, methods, cfg, faces=faces,
                             calibration=args.calibration, lpips=not args.no_lpips,
                             progress=not args.quiet)

@@ -44,6 +44,9 @@ class AttackCamera:
     psf: torch.Tensor  # (C, K, K), on y's pixel grid, channels sum to 1
     description: str = ""
     output_size: int | None = None  # y's side if it differs from x's
+    #: the attacker's reading of y before deconvolution (default: y itself); pixelation's
+    #: blocks are re-interpolated smoothly, since its operator is not a convolution
+    observe: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __call__(self, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
         with torch.no_grad():
@@ -158,8 +161,15 @@ def build_camera(spec: str, size: int = REFERENCE_SIZE_PX, calibration=None,
             big = torch.nn.functional.interpolate(small, scale_factor=block, mode="nearest")
             return quantize(big[..., :s, :s], 8)
 
+        def observe(y):
+            s = y.shape[-1]
+            small = torch.nn.functional.avg_pool2d(y, block, ceil_mode=True)
+            big = torch.nn.functional.interpolate(small, scale_factor=block, mode="bicubic",
+                                                  align_corners=False)
+            return big[..., :s, :s].clamp(0, 1)
+
         return AttackCamera(spec, fwd, box_psf(block), f"software pixelation, {block} px "
-                                                       f"blocks")
+                                                       f"blocks", observe=observe)
     path = Path(spec)
     if path.is_dir() and (path / "coefficients.json").exists():
         return _stage1_run(path, size)
