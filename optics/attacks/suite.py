@@ -54,6 +54,7 @@ class AttackConfig:
     denoiser_steps: int = 400
     ddrm_steps: int = 20
     ddrm_sigma_0: float = 0.0  # 0: estimated from y
+    ddrm_checkpoint: str = ""  # a local CelebA-HQ DDPM checkpoint; empty: Gaussian face prior
     inversion_steps: int = 400
     inversion_width: int = 16
     inversion_batch: int = 8
@@ -154,6 +155,10 @@ class Attacker:
                 cache["face_denoiser"] = train_face_denoiser(
                     train, steps=cfg.denoiser_steps, seed=cfg.seed, progress=False)
             self.model = cache["face_denoiser"]
+        elif self.method == "ddrm" and cfg.ddrm_checkpoint:
+            from .ddpm_unet import load_ddpm_unet
+
+            self.model = load_ddpm_unet(cfg.ddrm_checkpoint)
         elif self.method == "ddrm":
             from .ddrm import GaussianPrior
 
@@ -220,8 +225,14 @@ class Attacker:
             from .ddrm import ddrm
 
             sigma_0 = cfg.ddrm_sigma_0 or _noise_sigma(y)
-            out = ddrm(y.double(), psf.double(), self.model, sigma_0, steps=cfg.ddrm_steps,
-                       seed=cfg.seed).to(y.dtype)
+            if cfg.ddrm_checkpoint:  # the UNet wants a side divisible by 32 after padding
+                k = psf.shape[-1] // 2
+                pad = (-(-(y.shape[-1] + 2 * k) // 32) * 32 - y.shape[-1]) // 2
+                out = ddrm(y, psf, self.model, sigma_0, steps=cfg.ddrm_steps, seed=cfg.seed,
+                           pad_px=pad)
+            else:
+                out = ddrm(y.double(), psf.double(), self.model, sigma_0,
+                           steps=cfg.ddrm_steps, seed=cfg.seed).to(y.dtype)
         else:  # inversion
             from .inversion import inversion_attack
 
