@@ -220,6 +220,10 @@ def cmd_attack(args) -> int:
         faces.test, ds = _folder_images(args.images, cfg.size)
         names = [Path(p).stem for p in getattr(ds, "paths", names)] or names
     cam = build_camera(args.camera, cfg.size, calibration=args.calibration)
+    if args.psf:  # the attacker's knowledge: a measured PSF instead of the simulated one
+        from .attacks.cameras import load_psf
+
+        cam.psf = load_psf(args.psf)
     y = None
     if args.captured:
         y, _ = _folder_images(args.captured, cam.output_size or cfg.size)
@@ -476,6 +480,9 @@ def build_cli() -> argparse.ArgumentParser:
     p.add_argument("--images", metavar="DIR", help="original faces (default: demo test split)")
     p.add_argument("--captured", metavar="DIR", help="captured privacy images instead of "
                                                      "simulated ones")
+    p.add_argument("--psf", metavar="FILE[:DATASET]",
+                   help="the PSF the attacker knows, measured (e.g. "
+                        "runs/bench/calibration.h5:psf/stack, or a .npy); default: simulated")
     p.add_argument("--out", required=True, metavar="DIR")
     _add_attack_args(p)
     p.set_defaults(func=cmd_attack)

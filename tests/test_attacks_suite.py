@@ -27,6 +27,27 @@ def test_every_camera_renders_with_a_normalised_psf(spec):
         assert not torch.allclose(y1, x, atol=1e-2)
 
 
+def test_measured_psf_files(tmp_path):
+    import h5py
+
+    from optics.attacks.cameras import load_psf
+
+    k = np.zeros((3, 9, 9))
+    k[:, 4, 4] = 2.0
+    k[0, 4, 5] = -0.1  # noise below zero is clipped
+    k[1:, 0, 0] = 5.0  # the defocused planes must not be used
+    with h5py.File(tmp_path / "cal.h5", "w") as f:
+        f["psf/stack"] = k  # a 3-plane diversity stack of one channel
+    psf = load_psf(f"{tmp_path / 'cal.h5'}:psf/stack")
+    assert psf.shape == (3, 9, 9) and float(psf[1, 4, 4]) == pytest.approx(1.0)
+    assert float(psf[:, 0, 0].abs().max()) == 0.0
+    np.save(tmp_path / "p.npy", np.ones((5, 5)))
+    torch.testing.assert_close(load_psf(str(tmp_path / "p.npy")).sum(dim=(-2, -1)),
+                               torch.ones(3))
+    with pytest.raises(ValueError, match="dataset"):
+        load_psf(str(tmp_path / "cal.h5"))
+
+
 def test_unknown_camera_is_refused():
     with pytest.raises(ValueError, match="unknown camera"):
         build_camera("fisheye", 64)

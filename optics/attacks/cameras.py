@@ -30,7 +30,7 @@ from ..imaging import SensorModel, form_image, quantize
 from ..presets import get_preset
 
 __all__ = ["AttackCamera", "build_camera", "DEFAULT_CAMERAS", "BASELINES", "gaussian_psf",
-           "box_psf"]
+           "box_psf", "load_psf"]
 
 DEFAULT_CAMERAS = ("none", "defocus", "lr16", "prototype")
 BASELINES = ("blur-2", "blur-4", "blur-8", "mosaic-4", "mosaic-8", "mosaic-16")
@@ -69,6 +69,39 @@ def box_psf(block_px: int, channels: int = 3) -> torch.Tensor:
     box = torch.zeros(k, k)
     box[:block_px, :block_px] = 1.0
     return (box / box.sum()).expand(channels, -1, -1).clone()
+
+
+def load_psf(spec: str, channels: int = 3) -> torch.Tensor:
+    """A PSF the attacker measured: ``FILE.npy`` or ``FILE.h5:DATASET`` (e.g. a PSF stack of
+    ``rig calibrate``: ``calibration.h5:psf/stack`` takes its first, in-focus plane) holding
+    (K, K) or (C, K, K) values; negative values are clipped and each channel is
+    normalised to sum 1. A single channel is used for all ``channels``."""
+    import numpy as np
+
+    path, _, key = spec.partition(":") if not spec.endswith(".npy") else (spec, "", "")
+    if path.endswith(".npy"):
+        a = np.load(path)
+    else:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            if not key or key not in f:
+                raise ValueError(f"{path}: give a dataset, e.g. {path}:psf/stack")
+            a = f[key][()]
+    a = np.asarray(a, dtype=np.float64)
+    if key.split("/")[-1].startswith("stack") and a.ndim == 3:
+        a = a[0]  # a rig-calibrate diversity stack (one colour): the in-focus plane
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3 or a.shape[-1] != a.shape[-2]:
+        raise ValueError(f"{spec}: expected a square PSF, got shape {a.shape}")
+    t = torch.from_numpy(np.clip(a, 0, None)).float()
+    if t.shape[0] == 1:
+        t = t.expand(channels, -1, -1).clone()
+    total = t.sum(dim=(-2, -1), keepdim=True)
+    if float(total.min()) <= 0:
+        raise ValueError(f"{spec}: the PSF holds no light")
+    return t / total
 
 
 def _delta(channels=3) -> torch.Tensor:
