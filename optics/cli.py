@@ -292,7 +292,8 @@ def cmd_privacy_report(args) -> int:
     faces = load_face_sets(cfg.size, max_test=args.max_faces or None)
     report = privacy_report(args.out, cameras, methods, cfg, faces=faces,
                             calibration=args.calibration, lpips=not args.no_lpips,
-                            progress=not args.quiet)
+                            progress=not args.quiet,
+                            redo=args.redo.split(",") if args.redo else ())
     print(report_markdown(report).split("## Every")[0].strip())
     print(f"\nwrote {Path(args.out) / 'privacy_report.md'} (+ .json, privacy_grid.png)")
     return 0
@@ -492,7 +493,8 @@ def build_cli() -> argparse.ArgumentParser:
         description="Attacks no optics, defocus only, lr16, the prototype mirror preset, any "
                     "stage-1 runs (--run) and software blur/mosaic baselines with every method "
                     "on the held-out demo faces; writes privacy_report.md/.json and "
-                    "privacy_grid.png. The headline is each camera's worst case over attacks.",
+                    "privacy_grid.png. The headline is each camera's worst case over attacks. "
+                    "Resumable: a rerun into the same --out skips finished attacks.",
         epilog="example: optics privacy-report --run runs/demo/stage1 --out runs/privacy"))
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--run", action="append", metavar="DIR", help="a stage-1 run (repeatable)")
@@ -500,6 +502,9 @@ def build_cli() -> argparse.ArgumentParser:
     p.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--no-baselines", action="store_true", help="skip blur/mosaic baselines")
     p.add_argument("--max-faces", type=int, default=0, help="use only N test faces (quick)")
+    p.add_argument("--redo", metavar="METHODS",
+                   help="rerun these methods (comma-separated) in an existing report folder; "
+                        "a rerun otherwise skips what is done")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_attack_args(p)
     p.set_defaults(func=cmd_privacy_report)

@@ -39,7 +39,8 @@ METHODS = ("identity", "wiener", "rl", "tv", "pnp", "ddrm", "matched", "inversio
 TUNING = {"wiener": ("reg", (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0)),
           "rl": ("iterations", (5, 10, 20, 40, 80, 160)),
           "tv": ("lam", (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)),
-          "pnp": ("lam", (0.05, 0.25, 1.0, 4.0, 16.0))}
+          "pnp": ("lam", (0.05, 0.25, 1.0, 4.0, 16.0)),
+          "ddrm": ("sigma_0", (0.005, 0.01, 0.02, 0.05, 0.1, 0.2))}
 
 
 @dataclasses.dataclass
@@ -55,6 +56,7 @@ class AttackConfig:
     ddrm_steps: int = 20
     ddrm_sigma_0: float = 0.0  # 0: estimated from y
     ddrm_checkpoint: str = ""  # a local CelebA-HQ DDPM checkpoint; empty: Gaussian face prior
+    ddrm_samples: int = 4  # posterior samples averaged (their mean approaches E[x | y])
     inversion_steps: int = 400
     inversion_width: int = 16
     inversion_batch: int = 8
@@ -224,15 +226,18 @@ class Attacker:
         elif m == "ddrm":
             from .ddrm import ddrm
 
-            sigma_0 = cfg.ddrm_sigma_0 or _noise_sigma(y)
-            if cfg.ddrm_checkpoint:  # the UNet wants a side divisible by 32 after padding
-                k = psf.shape[-1] // 2
-                pad = (-(-(y.shape[-1] + 2 * k) // 32) * 32 - y.shape[-1]) // 2
-                out = ddrm(y, psf, self.model, sigma_0, steps=cfg.ddrm_steps, seed=cfg.seed,
-                           pad_px=pad)
-            else:
-                out = ddrm(y.double(), psf.double(), self.model, sigma_0,
-                           steps=cfg.ddrm_steps, seed=cfg.seed).to(y.dtype)
+            sigma_0 = p.get("sigma_0") or cfg.ddrm_sigma_0 or _noise_sigma(y)
+            runs = []
+            for k in range(max(1, cfg.ddrm_samples)):
+                if cfg.ddrm_checkpoint:  # the UNet wants a side divisible by 32 after padding
+                    h = psf.shape[-1] // 2
+                    pad = (-(-(y.shape[-1] + 2 * h) // 32) * 32 - y.shape[-1]) // 2
+                    runs.append(ddrm(y, psf, self.model, sigma_0, steps=cfg.ddrm_steps,
+                                     seed=cfg.seed + k, pad_px=pad))
+                else:
+                    runs.append(ddrm(y.double(), psf.double(), self.model, sigma_0,
+                                     steps=cfg.ddrm_steps, seed=cfg.seed + k).to(y.dtype))
+            out = torch.stack(runs).mean(dim=0)
         else:  # inversion
             from .inversion import inversion_attack
 
@@ -358,12 +363,42 @@ def _fmt(v, pct=False):
     return f"{100 * v:.0f}%" if pct else f"{v:.3f}" if abs(v) < 10 else f"{v:.2f}"
 
 
+def _worst_case(atts: dict) -> dict:
+    reids = {m: a["reid_top1"] for m, a in atts.items()}
+    psnrs = {m: a["psnr_db"] for m, a in atts.items() if not math.isnan(a["psnr_db"])}
+    worst_reid = max(reids, key=reids.get)
+    worst_psnr = max(psnrs, key=psnrs.get) if psnrs else None
+    return {"reid_top1": reids[worst_reid], "reid_attack": worst_reid,
+            "psnr_db": psnrs[worst_psnr] if psnrs else float("nan"),
+            "psnr_attack": worst_psnr}
+
+
+def _save_sample(img: torch.Tensor, path: Path) -> None:
+    from ..imageio import save_image
+
+    save_image(img, path)
+
+
+def _load_samples(out: Path, names, size: int) -> dict:
+    from ..imageio import load_image
+
+    samples = {}
+    for name in names:
+        d = out / "samples" / name
+        samples[name] = {p.stem: load_image(p, size) for p in sorted(d.glob("*.png"))}
+    return samples
+
+
 def privacy_report(out_dir, cameras=None, methods=METHODS, config: AttackConfig | None = None,
                    faces: FaceSets | None = None, calibration=None, lpips: bool = True,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, redo=()) -> dict:
     """Every method against every camera; writes ``privacy_report.json``, ``.md`` and the
     figure grid into ``out_dir``. ``cameras``: specs for :func:`build_camera` (default: the
-    presets, then the software baselines)."""
+    presets, then the software baselines).
+
+    Resumable: the JSON is rewritten after every attack, and a rerun into the same folder
+    (same face size) skips the (camera, method) pairs already there, except methods listed in
+    ``redo``; the figure is rebuilt from ``samples/`` (each camera's first test face)."""
     from tqdm import tqdm
 
     config = config or AttackConfig()
@@ -371,42 +406,58 @@ def privacy_report(out_dir, cameras=None, methods=METHODS, config: AttackConfig 
     out.mkdir(parents=True, exist_ok=True)
     cameras = list(cameras or (DEFAULT_CAMERAS + BASELINES))
     faces = faces or load_face_sets(config.size)
-    judge = Judge(faces, lpips=lpips)
-    cache: dict = {}
+    path = out / "privacy_report.json"
     results: dict = {}
-    samples: dict = {}
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("config", {}).get("size") != config.size or \
+                old.get("test_faces") != len(faces.test):
+            raise ValueError(f"{path} was made with other faces or another face size; use "
+                             f"another --out")
+        results = old.get("cameras", {})
+    judge = None
+    cache: dict = {}
+
+    def report():
+        return {"config": dataclasses.asdict(config), "methods": list(methods),
+                "test_faces": int(len(faces.test)), "johns_images": int(len(faces.johns)),
+                "train_faces": int(len(faces.train)),
+                "reid_chance": 1.0 / len(set(faces.johns_ids)),
+                "cameras": {k: v for k, v in results.items() if v.get("attacks")}}
+
     bar = tqdm(total=len(cameras) * len(methods), desc="privacy report", disable=not progress)
+    names = []
     for spec in cameras:
         cam = build_camera(spec, config.size, calibration=calibration)
-        results[cam.name] = {"description": cam.description, "attacks": {}}
-        samples[cam.name] = {}
+        names.append(cam.name)
+        entry = results.setdefault(cam.name, {"attacks": {}})
+        entry["description"] = cam.description
         for m in methods:
             bar.set_postfix_str(f"{cam.name}/{m}")
+            if m in entry["attacks"] and m not in redo:
+                bar.update()
+                continue
+            if judge is None:
+                judge = Judge(faces, lpips=lpips)
             att = Attacker(m, cam, config).prepare(faces.train, cache)
             r = run_attack(att, judge, seed=config.seed)
-            results[cam.name]["attacks"][m] = r["metrics"]
-            samples[cam.name]["y"] = _upsample(r["y"][:1], config.size)[0]
+            entry["attacks"][m] = r["metrics"]
+            sample_dir = out / "samples" / cam.name
+            _save_sample(_upsample(r["y"][:1], config.size)[0], sample_dir / "y.png")
             if r["x_hat"] is not None:
-                samples[cam.name][m] = r["x_hat"][0]
+                _save_sample(r["x_hat"][0], sample_dir / f"{m}.png")
+            entry["worst_case"] = _worst_case(entry["attacks"])
+            path.write_text(json.dumps(report(), indent=1) + "\n")
             log.info("%s / %s: %s", cam.name, m, r["metrics"])
             bar.update()
-        atts = results[cam.name]["attacks"]
-        reids = {m: a["reid_top1"] for m, a in atts.items()}
-        psnrs = {m: a["psnr_db"] for m, a in atts.items() if not math.isnan(a["psnr_db"])}
-        worst_reid = max(reids, key=reids.get)
-        worst_psnr = max(psnrs, key=psnrs.get)
-        results[cam.name]["worst_case"] = {
-            "reid_top1": reids[worst_reid], "reid_attack": worst_reid,
-            "psnr_db": psnrs[worst_psnr], "psnr_attack": worst_psnr}
     bar.close()
-    report = {"config": dataclasses.asdict(config), "methods": list(methods),
-              "test_faces": int(len(faces.test)), "johns_images": int(len(faces.johns)),
-              "train_faces": int(len(faces.train)), "reid_chance": 1.0 / len(set(faces.johns_ids)),
-              "cameras": results}
-    (out / "privacy_report.json").write_text(json.dumps(report, indent=1) + "\n")
-    _grid_figure(samples, faces.test, methods, out / "privacy_grid.png")
-    (out / "privacy_report.md").write_text(report_markdown(report) + "\n")
-    return report
+    rep = report()
+    rep["cameras"] = {n: rep["cameras"][n] for n in names if n in rep["cameras"]}
+    path.write_text(json.dumps(rep, indent=1) + "\n")
+    _grid_figure(_load_samples(out, names, config.size), faces.test, methods,
+                 out / "privacy_grid.png")
+    (out / "privacy_report.md").write_text(report_markdown(rep) + "\n")
+    return rep
 
 
 def report_markdown(report: dict) -> str:
