@@ -34,6 +34,26 @@ class DeviceLimitError(DeviceError, ValueError):
     """A request outside the device's limits was refused before it reached the device."""
 
 
+def _checked(values, n: int, lo: float, hi: float, clip: bool, what: str,
+             unit: str) -> np.ndarray:
+    """``values`` as a float vector of length ``n`` in ``[lo, hi]``: a wrong length or a
+    non-finite value is refused; out of range is refused, or clipped with a warning."""
+    v = np.asarray(values, dtype=float).reshape(-1)
+    if v.shape != (n,):
+        raise DeviceLimitError(f"expected {n} {what}s, got {v.size}")
+    if not np.all(np.isfinite(v)):
+        raise DeviceLimitError(f"{what}s must be finite")
+    bad = (v < lo) | (v > hi)
+    if bad.any():
+        msg = (f"{int(bad.sum())} {what}(s) outside [{lo:g}, {hi:g}] {unit} "
+               f"(range seen {v.min():.4g}..{v.max():.4g})")
+        if not clip:
+            raise DeviceLimitError(msg + "; refused (use clip=True to clip)")
+        log.warning("%s; clipped", msg)
+        v = np.clip(v, lo, hi)
+    return v
+
+
 class DeformableMirror(abc.ABC):
     """A segmented deformable mirror with a Zernike API of ``n_modes`` device modes.
 
@@ -83,39 +103,13 @@ class DeformableMirror(abc.ABC):
     def check_voltages(self, voltages_v, clip: bool) -> np.ndarray:
         """Validated copy of ``voltages_v``: shape and finiteness checked, range refused or
         clipped (and logged). Backends call this before anything reaches the device."""
-        v = np.asarray(voltages_v, dtype=float).reshape(-1)
-        if v.shape != (self.segment_count,):
-            raise DeviceLimitError(f"expected {self.segment_count} segment voltages, "
-                                   f"got {v.size}")
-        if not np.all(np.isfinite(v)):
-            raise DeviceLimitError("segment voltages must be finite")
-        bad = (v < self.voltage_min_v) | (v > self.voltage_max_v)
-        if bad.any():
-            msg = (f"{int(bad.sum())} segment voltage(s) outside "
-                   f"[{self.voltage_min_v:g}, {self.voltage_max_v:g}] V "
-                   f"(range seen {v.min():.4g}..{v.max():.4g} V)")
-            if not clip:
-                raise DeviceLimitError(msg + "; refused (use clip=True to clip)")
-            log.warning("%s; clipped", msg)
-            v = np.clip(v, self.voltage_min_v, self.voltage_max_v)
-        return v
+        return _checked(voltages_v, self.segment_count, self.voltage_min_v, self.voltage_max_v,
+                        clip, "segment voltage", "V")
 
     def check_amplitudes(self, amplitudes, clip: bool) -> np.ndarray:
-        a = np.asarray(amplitudes, dtype=float).reshape(-1)
-        if a.shape != (self.n_modes,):
-            raise DeviceLimitError(f"expected {self.n_modes} device-mode amplitudes, "
-                                   f"got {a.size}")
-        if not np.all(np.isfinite(a)):
-            raise DeviceLimitError("mode amplitudes must be finite")
-        bad = (a < self.amplitude_min) | (a > self.amplitude_max)
-        if bad.any():
-            msg = (f"{int(bad.sum())} mode amplitude(s) outside "
-                   f"[{self.amplitude_min:g}, {self.amplitude_max:g}] device units")
-            if not clip:
-                raise DeviceLimitError(msg + "; refused (use clip=True to clip)")
-            log.warning("%s; clipped", msg)
-            a = np.clip(a, self.amplitude_min, self.amplitude_max)
-        return a
+        """The same for device-mode amplitudes (device units)."""
+        return _checked(amplitudes, self.n_modes, self.amplitude_min, self.amplitude_max, clip,
+                        "mode amplitude", "device units")
 
     def __enter__(self):
         return self

@@ -37,6 +37,7 @@ from torch import nn
 
 from ..camera import Camera
 from ..configio import from_dict, to_dict
+from ..training.losses import resize_to
 
 __all__ = [
     "InversionConfig",
@@ -55,14 +56,6 @@ CHECKPOINT_KIND = "privlens-inversion"
 
 # --------------------------------------------------------------------------------------------
 # small pure helpers
-
-
-def resize_to(y: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """``y (B, C, h, w)`` bilinearly resized to ``size`` (unchanged if already that size)."""
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    if tuple(y.shape[-2:]) == size:
-        return y
-    return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
 
 
 def clamp_unit(x: torch.Tensor) -> torch.Tensor:
