@@ -22,7 +22,7 @@ import logging
 import sys
 from pathlib import Path
 
-from optics.clikit import add_common, build_parser, run_cli
+from optics.clikit import add_common, add_overrides, build_parser, run_cli
 
 from .devices import DeviceError
 
@@ -32,8 +32,7 @@ log = logging.getLogger(__name__)
 def _add_rig_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_common(p)
     p.add_argument("--config", metavar="FILE", help="rig config YAML (default: all simulated)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. sim.image_size_px=128 (repeatable)")
+    add_overrides(p, "sim.image_size_px=128")
     p.add_argument("--sim", action="store_true",
                    help="simulate every device (fake mirror library, virtual cameras, fake "
                         "APT stage on a pseudo-terminal)")
@@ -237,8 +236,8 @@ def build_cli():
                    help="Noll coefficients (um) for the verification step (default: 0.8 x "
                         "the paper's prototype amplitudes)")
     p.add_argument("--calibration-config", metavar="FILE", help="CalibrationConfig YAML")
-    p.add_argument("--calibration-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a CalibrationConfig field, e.g. poke_amplitude=0.25")
+    add_overrides(p, "poke_amplitude=0.25 (CalibrationConfig)", flag="--calibration-set",
+                  dest="calibration_set")
     p.set_defaults(func=cmd_calibrate)
 
     p = _add_rig_args(sub.add_parser(

@@ -54,7 +54,17 @@ def _checked(values, n: int, lo: float, hi: float, clip: bool, what: str,
     return v
 
 
-class DeformableMirror(abc.ABC):
+class _Closes:
+    """``with device:`` closes it on the way out (every device has an idempotent close)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class DeformableMirror(_Closes, abc.ABC):
     """A segmented deformable mirror with a Zernike API of ``n_modes`` device modes.
 
     Limits are read from the device at open; nothing is hard-coded.
@@ -111,11 +121,6 @@ class DeformableMirror(abc.ABC):
         return _checked(amplitudes, self.n_modes, self.amplitude_min, self.amplitude_max, clip,
                         "mode amplitude", "device units")
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 @dataclasses.dataclass
@@ -135,7 +140,7 @@ class Frame:
         return self.arrival_time_s - self.trigger_time_s
 
 
-class Camera(abc.ABC):
+class Camera(_Closes, abc.ABC):
     """A still camera addressed by serial number. Capture = trigger, then wait for the file."""
 
     serial: str
@@ -163,11 +168,6 @@ class Camera(abc.ABC):
     def close(self) -> None:
         """Release the camera (idempotent)."""
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 @dataclasses.dataclass
@@ -179,7 +179,7 @@ class PairedFrame:
     skew_s: float  # trigger time difference, reference - privacy
 
 
-class CameraPair:
+class CameraPair(_Closes):
     """Fires the privacy and the reference camera together and records the trigger skew."""
 
     def __init__(self, privacy: Camera, reference: Camera | None):
@@ -198,14 +198,9 @@ class CameraPair:
             if c is not None:
                 c.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
-class Stage(abc.ABC):
+class Stage(_Closes, abc.ABC):
     """A single-axis motorised stage; positions in millimetres, blocking moves."""
 
     serial: str
@@ -230,11 +225,6 @@ class Stage(abc.ABC):
     def close(self) -> None:
         """Release the stage (idempotent)."""
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def wait_until(predicate, timeout_s: float, what: str, poll_s: float = 0.02):

@@ -17,6 +17,7 @@ from .clikit import (
     UserError,
     add_common,
     add_dataclass_args,
+    add_overrides,
     build_parser,
     dataclass_overrides,
     run_cli,
@@ -47,17 +48,14 @@ def add_camera_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--coefficients", metavar="FILE",
                    help="phase-mask coefficients, JSON or YAML: "
                         '{"convention": "noll", "units": "um_opd", "coefficients": {"4": -0.8}}')
-    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a camera field, e.g. object_distance_m=1.5 or "
-                        "sensor.read_noise_std=0.01 (repeatable)")
+    add_overrides(g, "object_distance_m=1.5 or sensor.read_noise_std=0.01")
 
 
 def add_training_config_args(p: argparse.ArgumentParser, cls, skip=()) -> None:
     """``--config FILE``, ``--set KEY=VALUE``, ``--quiet`` and one ``--field`` per field of the
     training config dataclass ``cls`` (precedence: defaults < file < --field < --set)."""
     p.add_argument("--config", metavar="FILE", help=f"YAML config ({cls.__name__} fields)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field (repeatable)")
+    add_overrides(p, "lr=1e-3")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_dataclass_args(p, cls, skip=skip)
 
@@ -302,8 +300,7 @@ def cmd_privacy_report(args) -> int:
 def _add_attack_args(p):
     p.add_argument("--size", type=int, help="face side in pixels (default 128)")
     p.add_argument("--config", help="AttackConfig YAML")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override an AttackConfig field, e.g. inversion_steps=200")
+    add_overrides(p, "inversion_steps=200")
     p.add_argument("--calibration", help="device calibration for the prototype mirror "
                                          "(default: the simulated bench's mirror)")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")

@@ -12,8 +12,8 @@ import argparse
 import logging
 import sys
 
-__all__ = ["UserError", "build_parser", "add_common", "run_cli", "add_dataclass_args",
-           "dataclass_overrides"]
+__all__ = ["UserError", "build_parser", "add_common", "add_overrides", "run_cli",
+           "add_dataclass_args", "dataclass_overrides"]
 
 
 class UserError(Exception):
@@ -38,6 +38,13 @@ def add_common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     return p
+
+
+def add_overrides(p, example: str, flag: str = "--set", dest: str = "overrides") -> None:
+    """The repeatable ``--set KEY=VALUE`` option every config-driven command takes (applied
+    with :func:`optics.configio.apply_overrides`); ``example`` shows one."""
+    p.add_argument(flag, dest=dest, action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a config field, e.g. {example} (repeatable)")
 
 
 def _message(e: BaseException) -> str:
