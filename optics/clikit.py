@@ -97,6 +97,37 @@ def _field_parser(tp):
     return tp
 
 
+def field_help(cls) -> dict[str, str]:
+    """``{field: text}`` from a ``Fields:`` section of the dataclass docstring (lines
+    ``name: text``, continuation lines indented deeper)."""
+    import inspect
+
+    doc = inspect.getdoc(cls) or ""
+    out, current, indent = {}, None, None
+    lines = doc.splitlines()
+    if "Fields:" not in lines:
+        return out
+    for line in lines[lines.index("Fields:") + 1:]:
+        if not line.strip():
+            break
+        depth = len(line) - len(line.lstrip())
+        name, sep, text = line.strip().partition(":")
+        if indent is None:
+            indent = depth
+        if depth == indent and sep and name.isidentifier():
+            current = name
+            out[name] = text.strip()
+        elif current is not None and depth > indent:
+            out[current] += " " + line.strip()
+    return out
+
+
+def _show(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value) or "none"
+    return repr(value)
+
+
 def add_dataclass_args(p: argparse.ArgumentParser, cls, skip=(), title=None) -> None:
     """One ``--field-name VALUE`` option per field of dataclass ``cls`` (default: unset, so
     the config file or the dataclass default wins). Tuples are comma-separated."""
@@ -104,6 +135,7 @@ def add_dataclass_args(p: argparse.ArgumentParser, cls, skip=(), title=None) -> 
     import typing
 
     hints = typing.get_type_hints(cls)
+    helps = field_help(cls)
     g = p.add_argument_group(title or f"{cls.__name__} fields (override the config file)")
     for f in dataclasses.fields(cls):
         if f.name in skip or dataclasses.is_dataclass(hints[f.name]):
@@ -111,7 +143,7 @@ def add_dataclass_args(p: argparse.ArgumentParser, cls, skip=(), title=None) -> 
         default = f.default if f.default is not dataclasses.MISSING else None
         g.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg_{f.name}", default=None,
                        type=_field_parser(hints[f.name]), metavar=f.name.upper(),
-                       help=f"(default {default!r})")
+                       help=f"{helps.get(f.name, '')} (default {_show(default)})".lstrip())
 
 
 def dataclass_overrides(args, cls) -> dict:

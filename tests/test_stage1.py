@@ -144,3 +144,53 @@ def test_flipped_affines_extract_the_same_chip():
     flipped = warp_to_chips(x.flip(-1), _flip_affines(a, [True, False, True], 64), size_px=32)
     assert torch.allclose(chips[[0, 2]], flipped[[0, 2]], atol=1e-5)
     assert not torch.allclose(chips[1], flipped[1], atol=1e-2)
+
+
+def test_attack_identity_term_is_the_attackers_best_balance(tmp_path):
+    """The Wiener-attack identity hinge equals a hand computation (the attacker keeps, per
+    face, the balance closest to the clean embedding) and its gradient reaches the Zernike
+    coefficients."""
+    from deid import identity_net
+    from deid.fan import FAN, FANConfig
+    from deid.identity_net import IdentityNet, warp_to_chips
+    from optics.attacks.deconv import wiener
+    from optics.training.distributed import DistInfo
+    from optics.training.stage1 import Stage1Config, Stage1Trainer
+
+    try:
+        weights = identity_net.fetch_identity_weights()
+    except identity_net.WeightsUnavailable as e:
+        pytest.skip(f"face-api weights unavailable: {e}")
+    from optics.imageio import example_face
+
+    torch.manual_seed(0)
+    faces = torch.stack([example_face(64), example_face(64).flip(-1)])
+    teacher = FAN.from_config(FANConfig(input_size=64, width=16))
+    cfg = Stage1Config(image_size=64, batch_size=2, attack_identity_weight=1.0,
+                       attack_balances=(0.001, 0.1), identity_margin=2.0, augment=False)
+    trainer = Stage1Trainer(cfg, tmp_path, DistInfo(), faces, teacher,
+                            identity_net=IdentityNet.load(weights.parent))
+    x, gens, affines = trainer.batch(0)
+    out = trainer.losses(x, gens, affines=affines)
+    net = trainer.identity_net
+    with torch.no_grad():
+        e_x = net(warp_to_chips(x, affines))
+        psf = trainer.camera.psf()
+        d = torch.stack([(net(warp_to_chips(wiener(out["y"], psf, reg=b), affines)) - e_x)
+                         .norm(dim=-1) for b in (0.001, 0.1)])
+    expected = torch.relu(2.0 - d.min(dim=0).values).mean()
+    assert float(out["attack_identity"].detach()) == pytest.approx(float(expected), rel=1e-4)
+    assert float(out["attack_identity"].detach()) > 0  # margin 2 is never met
+    trainer.optimizer.zero_grad()
+    out["attack_identity"].backward()
+    grads = [p.grad for p in trainer.camera.parameters() if p.grad is not None]
+    assert grads and float(torch.cat([g.flatten() for g in grads]).abs().max()) > 0
+
+
+def test_attack_identity_needs_a_phase_plate():
+    from optics.training.stage1 import Stage1Config
+
+    with pytest.raises(ValueError, match="attack_identity_weight needs"):
+        Stage1Config(camera="lr16", attack_identity_weight=1.0)
+    with pytest.raises(ValueError, match="attack_identity_weight needs"):
+        Stage1Config(attack_identity_weight=1.0, attack_balances=())

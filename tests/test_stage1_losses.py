@@ -8,6 +8,7 @@ from optics.training.losses import (
     identity_spread_loss,
     image_distance_loss,
     psf_target_loss,
+    window_energy_loss,
 )
 from optics.training.schedule import global_batch, rank_slice
 
@@ -36,6 +37,31 @@ def test_heatmap_and_identity_terms():
     assert abs(float(identity_loss(e, zero, 0.6)) - 0.3) < 1e-6
     assert float(identity_spread_loss(torch.ones(4, 8))) == 0.0
     assert abs(float(identity_spread_loss(torch.tensor([[1.0, 0], [-1.0, 0]]))) - 1.0) < 1e-6
+
+
+def test_window_energy_term():
+    assert float(window_energy_loss(torch.tensor([1.0, 0.96, 0.95]), 0.95)) == 0.0
+    assert abs(float(window_energy_loss(torch.tensor([0.9, 0.8, 1.0]), 0.95)) - 0.2) < 1e-6
+
+
+def test_window_energy_gradient_shrinks_an_outgrown_psf():
+    """A defocus too large for the window: the term's gradient lowers |Z4|, which puts the
+    light back into the window (checked by taking the step)."""
+    from optics.camera import Camera
+    from optics.presets import get_preset
+
+    cfg = get_preset("lopez2024").at_image_size(64).replace(n_modes=4, psf_size_px=24)
+    cam = Camera(cfg, {4: 1.0}).double()
+    before = cam.psf(normalize=False).sum(dim=(-2, -1))
+    assert float(before.detach().min()) < 0.95
+    loss = window_energy_loss(before, 0.95)
+    loss.backward()
+    with torch.no_grad():
+        for p in cam.parameters():
+            if p.grad is not None:
+                p -= 0.05 * p.grad / p.grad.norm()
+        after = cam.psf(normalize=False).sum(dim=(-2, -1))
+    assert float(window_energy_loss(after, 0.95)) < float(loss.detach())
 
 
 def test_schedule_epochs_and_ranks():

@@ -8,6 +8,8 @@ Cameras (:func:`build_camera` names):
 
 - ``none``: no optics, ``y = x``;
 - ``defocus``: the stage-1 target ``H_f`` (lopez2024 optics, defocus only);
+- ``defocus-D``: the same optics with ``D`` micrometres of Z4 instead (the PSF window grows
+  until it holds 99% of the light);
 - ``lr16``: the 16x16 low-resolution camera (its PSF on the 16x16 grid is about one pixel);
 - ``prototype``: the prototype-4f bench with the paper's mirror amplitudes, converted to
   Noll OPD by a device calibration (``--calibration``; default: the simulated bench's mirror);
@@ -110,6 +112,39 @@ def _delta(channels=3) -> torch.Tensor:
     return d
 
 
+def _number(spec: str) -> float:
+    """The number after the dash of ``name-N``; a one-line error if there is none."""
+    try:
+        value = float(spec.split("-", 1)[1])
+    except ValueError:
+        raise ValueError(f"camera {spec!r}: expected a number after the dash") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"camera {spec!r}: the number must be finite and >= 0")
+    return value
+
+
+def _window_for_defocus(optics, defocus_um: float, min_captured: float = 0.99,
+                        max_px: int = 1024) -> int:
+    """The smallest PSF window (px, grown by 1.25x steps from the preset's) whose defocus PSF
+    holds ``min_captured`` of the light in every channel; at most the largest window the
+    pupil sampling allows (then a warning says how much light it holds)."""
+    from ..propagation import SamplingError
+
+    k = optics.psf_size_px
+    while True:
+        try:
+            cam = Camera(optics.replace(psf_size_px=k, n_modes=max(4, optics.n_modes),
+                                        trainable_modes=()), {4: defocus_um})
+            captured = float(cam.captured_energy().min())
+        except SamplingError:  # the window reached the pupil grid's alias period
+            if k == optics.psf_size_px:
+                raise
+            return previous
+        if captured >= min_captured or k >= max_px:
+            return k
+        previous, k = k, min(max_px, int(k * 1.25) + 1)
+
+
 def _optical(name, cam: Camera, description) -> AttackCamera:
     with torch.no_grad():
         psf = cam.psf().float()
@@ -145,15 +180,19 @@ def build_camera(spec: str, size: int = REFERENCE_SIZE_PX, calibration=None,
     scale = size / REFERENCE_SIZE_PX
     if spec == "none":
         return AttackCamera("none", lambda x, g: x, _delta(), "no optics")
-    if spec == "defocus":
+    if spec == "defocus" or spec.startswith("defocus-"):
         optics = get_preset("lopez2024").at_image_size(size)
+        if spec != "defocus":
+            defocus_um = _number(spec)
+            optics = optics.replace(psf_size_px=_window_for_defocus(optics, defocus_um))
         h = defocus_target_psf(optics, defocus_um).float()
 
         def fwd(x, g):
             return form_image(x, h.to(x.device, x.dtype), optics.sensor, generator=g)
 
-        return AttackCamera("defocus", fwd, h,
-                            f"lopez2024 optics, {defocus_um} um Z4 only (H_f)")
+        return AttackCamera(spec, fwd, h,
+                            f"lopez2024 optics, {defocus_um} um Z4 only"
+                            + (" (H_f)" if spec == "defocus" else ""))
     if spec == "lr16":
         return _optical("lr16", Camera(get_preset("lr16").at_image_size(size)),
                         "16x16 sensor behind an in-focus lens")
@@ -177,7 +216,7 @@ def build_camera(spec: str, size: int = REFERENCE_SIZE_PX, calibration=None,
         return _optical("prototype", cam, f"prototype-4f with the paper's mirror amplitudes "
                                           f"({cal.source})")
     if spec.startswith("blur-"):
-        sigma = float(spec.split("-", 1)[1]) * scale
+        sigma = _number(spec) * scale
         h = gaussian_psf(sigma)
         soft = dataclasses.replace(sensor, read_noise_std=0.0)
 

@@ -12,6 +12,10 @@
   ``y`` of different people must also look alike), hence the spread term
   ``mean_i ||e(y_i) - mean_j e(y_j)||``, which pulls the batch's embeddings together. It is
   computed per process, so under DDP it depends on the local batch.
+- Window energy: ``sum_c relu(e_min - E_c)``, ``E_c`` the fraction of channel ``c``'s light
+  that falls inside the simulated PSF window. The simulator normalises the PSF inside the
+  window, so a PSF that outgrows it loses its halo and images come out *sharper* than the
+  physics says; this term keeps the design inside the window (``e_min = 0.95``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["resize_to", "image_distance_loss", "psf_target_loss", "heatmap_loss", "identity_loss",
-           "identity_spread_loss"]
+           "identity_spread_loss", "window_energy_loss"]
 
 
 def resize_to(y: torch.Tensor, size) -> torch.Tensor:
@@ -55,3 +59,8 @@ def identity_loss(emb_y: torch.Tensor, emb_x: torch.Tensor, margin: float = 0.6)
 def identity_spread_loss(emb_y: torch.Tensor) -> torch.Tensor:
     """Mean distance of the embeddings ``(B, D)`` from their batch mean."""
     return (emb_y - emb_y.mean(dim=0, keepdim=True)).norm(dim=-1).mean()
+
+
+def window_energy_loss(captured: torch.Tensor, min_captured: float = 0.95) -> torch.Tensor:
+    """``sum_c relu(min_captured - captured_c)`` for the captured fractions ``(C,)``."""
+    return F.relu(min_captured - captured).sum()

@@ -34,7 +34,23 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FANTrainConfig:
-    """Teacher training settings (sizes in pixels)."""
+    """Teacher training settings (sizes in pixels).
+
+    Fields:
+        image_size: face side in pixels (64, 128 or 256).
+        width: channels of the hourglass.
+        num_modules: stacked hourglasses.
+        depth: down-sampling levels per hourglass.
+        steps: optimiser steps.
+        batch_size: faces per step.
+        lr: Adam learning rate.
+        sigma_px: std of the Gaussian heatmap targets, pixels of the heatmap.
+        max_rotation_deg: largest random rotation, degrees.
+        max_scale: largest random relative scale change.
+        max_shift: largest random shift, fraction of the image side.
+        seed: seed of batch order and augmentation.
+        device: auto, cpu, cuda or cuda:N.
+    """
 
     image_size: int = 128
     width: int = 64

@@ -38,6 +38,7 @@ from .losses import (
     image_distance_loss,
     psf_target_loss,
     resize_to,
+    window_energy_loss,
 )
 from .schedule import global_batch, rank_slice, sample_generator
 
@@ -46,15 +47,49 @@ __all__ = ["Stage1Config", "Stage1Model", "Stage1Trainer", "build_camera"]
 log = logging.getLogger(__name__)
 
 LOG_FIELDS = ("step", "loss", "optics", "image_term", "psf_term", "hmap", "identity",
-              "identity_spread", "seconds")
+              "identity_spread", "attack_identity", "energy_term", "captured_min", "seconds")
 
 
 @dataclass(frozen=True)
 class Stage1Config:
-    """Stage-1 settings. Coefficients in micrometres of OPD; sizes in pixels."""
+    """Stage-1 settings. Coefficients in micrometres of OPD; sizes in pixels.
+
+    Fields:
+        camera: optics preset (lopez2024, prototype-4f) or lr16 (trains U alone).
+        image_size: face side in pixels (the teacher's input size).
+        psf_size_px: simulated PSF window in pixels; 0 = the preset's, scaled to image_size.
+        n_modes: Zernike terms in the plate (Noll 1..n).
+        modes: trainable Noll indices, comma-separated; unset = 4..n_modes.
+        init_std_um: std of the random initial coefficients, um of OPD.
+        defocus_um: Z4 of the target PSF H_f, um of OPD (on top of the scene's own defocus).
+        alpha1: weight of ||H - H_f|| / ||H_f|| in L_optics.
+        alpha2: weight of the heatmap loss |U(y) - U*(x)|.
+        identity_weight: weight of the hinge relu(margin - ||e(y) - e(x)||) (dlib twin).
+        identity_margin: the hinge's margin in dlib embedding distance (0.6 = same person).
+        identity_spread_weight: weight of the batch spread of e(y) (matched-gallery attacker).
+        attack_identity_weight: weight of the identity hinge after the attacker's Wiener
+            deconvolution with the current PSF.
+        attack_balances: Wiener balances the attacker tries (comma-separated).
+        min_captured_energy: light fraction the PSF window must hold (else the halo is lost).
+        energy_weight: weight of the window-energy penalty.
+        steps: optimiser steps in total (a resumed run continues up to it).
+        batch_size: global batch (split across DDP processes).
+        lr_optics: Adam step for the coefficients, um per step.
+        lr_fan: Adam step for the student U.
+        eval_every: steps between figures.
+        ckpt_every: steps between checkpoints (the two newest are kept).
+        seed: seed of batch order, flips, noise and the initial coefficients.
+        noise: simulate sensor noise in training.
+        augment: random horizontal flips.
+        data: face corpus folder (default $PRIVLENS_HOME/demo-faces).
+        teacher: teacher checkpoint fan.pt (optics pretrain-fan).
+        tensorboard: also log to TensorBoard.
+        device: auto, cpu, cuda or cuda:N.
+    """
 
     camera: str = "lopez2024"
     image_size: int = 128
+    psf_size_px: int = 0
     n_modes: int = 15
     modes: tuple[int, ...] | None = None
     init_std_um: float = 0.05
@@ -64,6 +99,10 @@ class Stage1Config:
     identity_weight: float = 0.0
     identity_margin: float = 0.6
     identity_spread_weight: float = 0.0
+    attack_identity_weight: float = 0.0
+    attack_balances: tuple[float, ...] = (0.001, 0.01, 0.1)
+    min_captured_energy: float = 0.95
+    energy_weight: float = 10.0
     steps: int = 500
     batch_size: int = 8
     lr_optics: float = 0.02
@@ -82,18 +121,29 @@ class Stage1Config:
         if self.steps < 0 or self.batch_size < 1 or self.image_size < 16:
             raise ValueError("need steps >= 0, batch_size >= 1 and image_size >= 16")
         for name in ("alpha1", "alpha2", "identity_weight", "identity_spread_weight",
-                     "lr_optics", "lr_fan", "init_std_um"):
+                     "attack_identity_weight", "energy_weight", "lr_optics", "lr_fan", "init_std_um"):
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
                 raise ValueError(f"{name} must be finite and >= 0, got {v}")
         if self.eval_every < 1 or self.ckpt_every < 1:
             raise ValueError("eval_every and ckpt_every must be >= 1")
+        if not 0 <= self.min_captured_energy <= 1:
+            raise ValueError(f"min_captured_energy must be in [0, 1], got {self.min_captured_energy}")
+        if self.attack_identity_weight > 0 and (
+                not self.attack_balances or self.camera == "lr16"
+                or not all(b > 0 and math.isfinite(b) for b in self.attack_balances)):
+            raise ValueError("attack_identity_weight needs positive attack_balances and a "
+                             "camera with a phase plate (not lr16)")
+        if self.psf_size_px < 0:
+            raise ValueError(f"psf_size_px must be >= 0 (0: the preset's), got {self.psf_size_px}")
 
 
 def build_camera(cfg: Stage1Config, generator: torch.Generator | None = None) -> Camera:
     """The stage-1 camera: the preset at ``image_size``, ``n_modes`` Noll terms, trainable
     ``modes`` (default 4..n_modes; none for ``lr16``), random initial coefficients."""
     base = get_preset(cfg.camera).at_image_size(cfg.image_size)
+    if cfg.psf_size_px:
+        base = base.replace(psf_size_px=cfg.psf_size_px)
     if cfg.camera == "lr16":
         return Camera(base)
     cam_cfg = base.replace(n_modes=max(cfg.n_modes, max(cfg.modes or (0,))),
@@ -110,13 +160,17 @@ class Stage1Model(nn.Module):
         self.student = student
 
     def forward(self, x: torch.Tensor, generators=None, noise: bool = True):
-        psf = self.camera.psf()
+        """``(y, psf, heatmaps on y, captured)``; ``captured (C,)`` is the fraction of the light
+        that the PSF window holds (the PSF is normalised to sum 1 inside it)."""
+        raw = self.camera.psf(normalize=False)
+        captured = raw.sum(dim=(-2, -1))
+        psf = raw / captured[:, None, None]
         if noise and generators is not None:
             y = torch.cat([self.camera(x[i:i + 1], generator=g, psf=psf)
                            for i, g in enumerate(generators)])
         else:
             y = self.camera(x, noise=noise, psf=psf)
-        return y, psf, self.student(resize_to(y, x.shape[-2:]))
+        return y, psf, self.student(resize_to(y, x.shape[-2:])), captured
 
 
 def _flip(x: torch.Tensor, generators) -> tuple[torch.Tensor, list[bool]]:
@@ -216,16 +270,18 @@ class Stage1Trainer:
 
     def losses(self, x, gens, noise: bool = True, affines=None) -> dict:
         cfg = self.cfg
-        y, psf, student_hm = self.ddp(x, gens, noise=noise)
+        y, psf, student_hm, captured = self.ddp(x, gens, noise=noise)
         with torch.no_grad():
             teacher_hm = self.teacher(x)
         image_term = image_distance_loss(x, y)
         psf_term = psf_target_loss(psf, self.target_psf)
         hmap = heatmap_loss(student_hm, teacher_hm)
         optics = image_term + cfg.alpha1 * psf_term
-        total = optics + cfg.alpha2 * hmap
+        energy = window_energy_loss(captured, cfg.min_captured_energy)
+        total = optics + cfg.alpha2 * hmap + cfg.energy_weight * energy
         ident = torch.zeros((), device=x.device)
         spread = torch.zeros((), device=x.device)
+        attack = torch.zeros((), device=x.device)
         if self.identity_net is not None and affines is not None:
             from deid.identity_net import warp_to_chips
 
@@ -236,10 +292,33 @@ class Stage1Trainer:
             ident = identity_loss(e_y, e_x, cfg.identity_margin)
             spread = identity_spread_loss(e_y)
             total = total + cfg.identity_weight * ident + cfg.identity_spread_weight * spread
+            if cfg.attack_identity_weight > 0:
+                attack = self._attack_identity(y, psf, e_x, a)
+                total = total + cfg.attack_identity_weight * attack
         return {"loss": total, "optics": optics, "image_term": image_term,
                 "psf_term": psf_term, "hmap": hmap, "identity": ident,
-                "identity_spread": spread, "y": y,
+                "identity_spread": spread, "attack_identity": attack, "energy_term": energy,
+                "captured_min": captured.detach().min(), "y": y,
                 "student_hm": student_hm, "teacher_hm": teacher_hm}
+
+    def _attack_identity(self, y, psf, e_x, affines) -> torch.Tensor:
+        """Identity hinge after the attacker's deconvolution: Wiener filters (Laplacian
+        regulariser) with the camera's current PSF at each balance in ``attack_balances``;
+        per face the attacker keeps the balance that lands closest to the clean embedding,
+        so the hinge acts on ``min_b ||e(W_b y) - e(x)||``. Gradients reach the coefficients
+        through both ``y`` and the PSF the attacker inverts."""
+        from deid.identity_net import warp_to_chips
+
+        from ..attacks.deconv import wiener
+
+        y = resize_to(y, (self.train_images.shape[-2], self.train_images.shape[-1]))
+        dists = []
+        for balance in self.cfg.attack_balances:
+            x_hat = wiener(y, psf, reg=float(balance), boundary="replicate", clip=True)
+            e = self.identity_net(warp_to_chips(x_hat, affines))
+            dists.append((e - e_x).norm(dim=-1))
+        closest = torch.stack(dists).min(dim=0).values
+        return torch.nn.functional.relu(self.cfg.identity_margin - closest).mean()
 
     def train_step(self) -> dict:
         t0 = time.perf_counter()
@@ -347,7 +426,7 @@ class Stage1Trainer:
         x = self.val_images[:6].to(self.device)
         gens = [sample_generator(self.cfg.seed, -1, i) for i in range(len(x))]
         self.model.eval()
-        y, _, hm = self.model(x, gens, noise=self.cfg.noise)
+        y, _, hm, _ = self.model(x, gens, noise=self.cfg.noise)
         self.model.train()
         plot_xy_grid(x, y, fig_dir / "x_vs_y.png")
         plot_heatmap_overlay(y, hm, fig_dir / "heatmaps_on_y.png")
