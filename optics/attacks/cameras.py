@@ -130,14 +130,14 @@ def _window_for_defocus(optics, defocus_um: float, min_captured: float = 0.99,
     pupil sampling allows (then a warning says how much light it holds)."""
     from ..propagation import SamplingError
 
-    k = optics.psf_size_px
+    k = previous = optics.psf_size_px
     while True:
         try:
             cam = Camera(optics.replace(psf_size_px=k, n_modes=max(4, optics.n_modes),
                                         trainable_modes=()), {4: defocus_um})
             captured = float(cam.captured_energy().min())
         except SamplingError:  # the window reached the pupil grid's alias period
-            if k == optics.psf_size_px:
+            if k == previous:
                 raise
             return previous
         if captured >= min_captured or k >= max_px:

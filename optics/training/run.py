@@ -89,7 +89,7 @@ def run_stage1(cfg, out_dir, resume: bool = False, progress=True, evaluate: bool
             raise ValueError(f"the teacher was trained at {teacher.config.input_size} px but "
                              f"stage 1 runs at {cfg.image_size} px")
         identity = None
-        if cfg.identity_weight > 0 or cfg.identity_spread_weight > 0 or cfg.attack_identity_weight > 0:
+        if max(cfg.identity_weight, cfg.identity_spread_weight, cfg.attack_identity_weight) > 0:
             from deid.identity_net import IdentityNet
 
             identity = IdentityNet.load()

@@ -121,14 +121,16 @@ class Stage1Config:
         if self.steps < 0 or self.batch_size < 1 or self.image_size < 16:
             raise ValueError("need steps >= 0, batch_size >= 1 and image_size >= 16")
         for name in ("alpha1", "alpha2", "identity_weight", "identity_spread_weight",
-                     "attack_identity_weight", "energy_weight", "lr_optics", "lr_fan", "init_std_um"):
+                     "attack_identity_weight", "energy_weight", "lr_optics", "lr_fan",
+                     "init_std_um"):
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
                 raise ValueError(f"{name} must be finite and >= 0, got {v}")
         if self.eval_every < 1 or self.ckpt_every < 1:
             raise ValueError("eval_every and ckpt_every must be >= 1")
         if not 0 <= self.min_captured_energy <= 1:
-            raise ValueError(f"min_captured_energy must be in [0, 1], got {self.min_captured_energy}")
+            raise ValueError(
+                f"min_captured_energy must be in [0, 1], got {self.min_captured_energy}")
         if self.attack_identity_weight > 0 and (
                 not self.attack_balances or self.camera == "lr16"
                 or not all(b > 0 and math.isfinite(b) for b in self.attack_balances)):
