@@ -284,8 +284,8 @@ def cmd_privacy_report(args) -> int:
     cameras = list(DEFAULT_CAMERAS) + list(args.run or [])
     if not args.no_baselines:
         cameras += list(BASELINES)
-    if args.cameras:
-        cameras = args.cameras.split(",")
+    if args.cameras:  # an explicit list, plus any --run
+        cameras = [c for c in args.cameras.split(",") if c] + list(args.run or [])
     methods = args.methods.split(",") if args.methods else list(METHODS)
     faces = load_face_sets(cfg.size, max_test=args.max_faces or None)
     report = privacy_report(args.out, cameras, methods, cfg, faces=faces,
@@ -495,7 +495,8 @@ def build_cli() -> argparse.ArgumentParser:
         epilog="example: optics privacy-report --run runs/demo/stage1 --out runs/privacy"))
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--run", action="append", metavar="DIR", help="a stage-1 run (repeatable)")
-    p.add_argument("--cameras", help="comma-separated camera list instead of the default")
+    p.add_argument("--cameras", help="comma-separated camera list instead of the default "
+                   "(--run adds to it)")
     p.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--no-baselines", action="store_true", help="skip blur/mosaic baselines")
     p.add_argument("--max-faces", type=int, default=0, help="use only N test faces (quick)")
