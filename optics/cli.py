@@ -370,11 +370,15 @@ def cmd_demo(args) -> int:
 
 def _print_report(report: dict) -> None:
     print(f"  {'camera':8s} {'PSNR':>6s} {'SSIM':>5s} {'FR dist':>7s} {'reid clean':>10s} "
-          f"{'reid matched':>12s} {'NME teacher':>11s} {'NME human':>9s}")
+          f"{'reid matched':>12s} {'reid Wiener':>11s} {'NME teacher':>11s} {'NME human':>9s}")
     for name, r in report["cameras"].items():
+        wiener = r.get("reid_top1_wiener", float("nan"))
         print(f"  {name:8s} {r['psnr_db']:6.2f} {r['ssim']:5.3f} {r['fr_distance']:7.3f} "
               f"{r['reid_top1_clean_gallery']:10.2f} {r['reid_top1_matched_gallery']:12.2f} "
-              f"{r['nme_vs_teacher']:11.4f} {r['nme_vs_human']:9.4f}")
+              f"{wiener:11.2f} {r['nme_vs_teacher']:11.4f} {r['nme_vs_human']:9.4f}")
+    goals = report.get("goals", {})
+    if goals:
+        print("  goals: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in goals.items()))
 
 
 def cmd_pretrain_fan(args) -> int:

@@ -194,3 +194,44 @@ def test_attack_identity_needs_a_phase_plate():
         Stage1Config(camera="lr16", attack_identity_weight=1.0)
     with pytest.raises(ValueError, match="attack_identity_weight needs"):
         Stage1Config(attack_identity_weight=1.0, attack_balances=())
+
+
+@pytest.mark.slow
+def test_report_on_the_demo_corpus(tmp_path):
+    """Two stage-1 steps at 64 px on the real demo corpus, then the full report: four
+    cameras, every metric present and in range, the Wiener attack on the three optical
+    cameras, and the goals."""
+    from deid.data.corpus import fetch_demo_data
+    from deid.fan import FAN, FANConfig
+
+    corpus = fetch_demo_data()["path"]
+    cfg = FANConfig(input_size=64, width=16)
+    torch.manual_seed(0)
+    teacher = tmp_path / "teacher.pt"
+    save_checkpoint({"fan_config": to_dict(cfg), "state_dict": FAN.from_config(cfg).state_dict()},
+                    teacher)
+    out = tmp_path / "run"
+    r = subprocess.run(
+        [sys.executable, "-m", "optics", "train-stage1", "--data", str(corpus), "--teacher",
+         str(teacher), "--image-size", "64", "--batch-size", "4", "--steps", "2", "--quiet",
+         "--out", str(out)], capture_output=True, text=True,
+        env={**os.environ, "PRIVLENS_THREADS": "2"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "reid Wiener" in r.stdout and "goals:" in r.stdout
+    rep = json.loads((out / "report.json").read_text())
+    cams = rep["cameras"]
+    assert list(cams) == ["clean", "defocus", "learned", "lr16"]
+    assert cams["clean"]["reid_top1_clean_gallery"] == 1.0
+    assert cams["clean"]["nme_vs_teacher"] == 0.0
+    for name, c in cams.items():
+        assert 0 <= c["reid_top1_clean_gallery"] <= 1 and 0 <= c["reid_top1_matched_gallery"] <= 1
+        # (a random teacher's landmarks can collapse, which makes its NME undefined)
+        assert isinstance(c["nme_vs_teacher"], float) and isinstance(c["nme_vs_human"], float)
+        if name != "clean":
+            assert 0 < c["psnr_db"] < 40 and 0 < c["fr_distance"] < 2
+            assert 0 <= c["reid_top1_wiener"] <= 1 and c["wiener_balance"] > 0
+            # the tuned Wiener filter restores the faces better than the raw capture
+            assert c["wiener_psnr_db"] > c["psnr_db"] - 0.5
+    assert set(rep["goals"]) == {"reid_at_chance_both_galleries", "fr_distance_above_0.6",
+                                 "nme_within_1.5x_clean"}
+    assert rep["psf"]["channels"]

@@ -31,8 +31,8 @@ from ..camera import Camera, defocus_target_psf
 from ..imaging import SensorModel, form_image, quantize
 from ..presets import get_preset
 
-__all__ = ["AttackCamera", "build_camera", "DEFAULT_CAMERAS", "BASELINES", "gaussian_psf",
-           "box_psf", "load_psf"]
+__all__ = ["AttackCamera", "build_camera", "optical_camera", "DEFAULT_CAMERAS", "BASELINES",
+           "gaussian_psf", "box_psf", "load_psf"]
 
 DEFAULT_CAMERAS = ("none", "defocus", "lr16", "prototype")
 BASELINES = ("blur-2", "blur-4", "blur-8", "mosaic-4", "mosaic-8", "mosaic-16")
@@ -145,7 +145,8 @@ def _window_for_defocus(optics, defocus_um: float, min_captured: float = 0.99,
         previous, k = k, min(max_px, int(k * 1.25) + 1)
 
 
-def _optical(name, cam: Camera, description) -> AttackCamera:
+def optical_camera(name, cam: Camera, description="") -> AttackCamera:
+    """An optical :class:`Camera` (its current coefficients, frozen) as an attack camera."""
     with torch.no_grad():
         psf = cam.psf().float()
     binning = cam.config.sensor.binning
@@ -161,11 +162,10 @@ def _optical(name, cam: Camera, description) -> AttackCamera:
 
 
 def _stage1_run(path: Path, size: int) -> AttackCamera:
+    from ..camera import CameraConfig
     from ..coefficients import load_coefficients
     from ..configio import load_config
     from ..training.stage1 import Stage1Config
-
-    from ..camera import CameraConfig
 
     cfg = load_config(Stage1Config, path / "config.yaml")
     if (path / "camera.yaml").exists():  # the run's exact optics (PSF window included)
@@ -178,7 +178,7 @@ def _stage1_run(path: Path, size: int) -> AttackCamera:
     coeffs = load_coefficients(path / "coefficients.json")
     n = max([base.n_modes, cfg.n_modes, *coeffs])
     cam = Camera(base.replace(n_modes=n), coefficients_um=coeffs)
-    return _optical(path.name, cam, f"stage-1 run {path} ({cfg.camera} optics, learned mask)")
+    return optical_camera(path.name, cam, f"stage-1 run {path} ({cfg.camera} optics, learned mask)")
 
 
 def build_camera(spec: str, size: int = REFERENCE_SIZE_PX, calibration=None,
@@ -202,7 +202,7 @@ def build_camera(spec: str, size: int = REFERENCE_SIZE_PX, calibration=None,
                             f"lopez2024 optics, {defocus_um} um Z4 only"
                             + (" (H_f)" if spec == "defocus" else ""))
     if spec == "lr16":
-        return _optical("lr16", Camera(get_preset("lr16").at_image_size(size)),
+        return optical_camera("lr16", Camera(get_preset("lr16").at_image_size(size)),
                         "16x16 sensor behind an in-focus lens")
     if spec == "prototype":
         from calibration.device_map import (
@@ -221,7 +221,7 @@ def build_camera(spec: str, size: int = REFERENCE_SIZE_PX, calibration=None,
         coeffs = {j: v for j, v in device_to_noll(prototype_amplitudes(), cal).items()
                   if j >= 4}
         cam = Camera(get_preset("prototype-4f").at_image_size(size), coefficients_um=coeffs)
-        return _optical("prototype", cam, f"prototype-4f with the paper's mirror amplitudes "
+        return optical_camera("prototype", cam, f"prototype-4f with the paper's mirror amplitudes "
                                           f"({cal.source})")
     if spec.startswith("blur-"):
         sigma = _number(spec) * scale

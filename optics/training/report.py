@@ -9,7 +9,11 @@ run) and ``lr16`` (16x16 sensor). Per camera, on held-out faces:
   gallery passed through the same camera (leave-one-out; chance 20%);
 - heatmap NME of the regressor on ``y`` against the teacher's landmarks on ``x`` and against
   the human iBUG annotations. The learned camera uses its fine-tuned regressor U; the others
-  use the teacher U* as is (a ``--camera lr16`` run gives lr16 its own fine-tuned U).
+  use the teacher U* as is (a ``--camera lr16`` run gives lr16 its own fine-tuned U);
+- the cheapest strong attack, a Wiener filter with the camera's PSF, its balance tuned on the
+  attacker's own (training) faces: PSNR of the restored faces, and re-identification of the
+  restored johns images against the clean gallery. ``optics privacy-report --run RUN`` runs
+  every attack.
 """
 
 from __future__ import annotations
@@ -66,6 +70,38 @@ def camera_functions(trainer) -> dict:
     }
 
 
+def attack_cameras(trainer) -> dict:
+    """``{name: AttackCamera}`` for defocus, learned and lr16: what a Wiener attacker faces,
+    with the PSF it knows."""
+    from ..attacks.cameras import AttackCamera, build_camera, optical_camera
+
+    sensor = trainer.camera.config.sensor
+    target = trainer.target_psf.detach().cpu().float()
+
+    def defocus(x, g):
+        return form_image(x, target.to(x.device, x.dtype), sensor, generator=g)
+
+    return {"defocus": AttackCamera("defocus", defocus, target, "H_f"),
+            "learned": optical_camera("learned", copy_camera(trainer.camera)),
+            "lr16": build_camera("lr16", trainer.cfg.image_size)}
+
+
+def copy_camera(camera: Camera) -> Camera:
+    """A frozen CPU copy of ``camera`` (the attacker's model of it)."""
+    import copy
+
+    return copy.deepcopy(camera).cpu().requires_grad_(False)
+
+
+def _wiener_attack(camera, faces, judge) -> dict:
+    from ..attacks.suite import AttackConfig, Attacker, run_attack
+
+    attacker = Attacker("wiener", camera, AttackConfig(size=faces.test.shape[-1]))
+    metrics = run_attack(attacker.prepare(faces.train), judge)["metrics"]
+    return {"wiener_psnr_db": metrics["psnr_db"], "reid_top1_wiener": metrics["reid_top1"],
+            "wiener_balance": metrics["params"].get("reg")}
+
+
 @torch.no_grad()
 def _landmarks(model, images, batch=32):
     from deid.heatmaps import heatmaps_to_landmarks
@@ -94,6 +130,8 @@ def stage1_report(trainer, root) -> dict:
     from deid.evaluation.quality import psnr, ssim
     from deid.evaluation.reid import reid_report
 
+    from ..attacks.suite import FaceSets, Judge
+
     cfg = trainer.cfg
     dev = trainer.device
     size = cfg.image_size
@@ -104,6 +142,10 @@ def stage1_report(trainer, root) -> dict:
     teacher_lmk = _landmarks(trainer.teacher, test_x)
     embed = DlibFaceEmbedder()
     e_clean = embed.embed(test_x.cpu())
+    faces = FaceSets(train=trainer.train_images.cpu(), test=test_x.cpu(), johns=johns_x.cpu(),
+                     johns_ids=list(johns_ids))
+    judge = Judge(faces, lpips=False)
+    attack_cams = attack_cameras(trainer)
     cams = {}
     for name, (fn, regressor) in camera_functions(trainer).items():
         y = fn(test_x)
@@ -121,6 +163,8 @@ def stage1_report(trainer, root) -> dict:
             "nme_vs_human": _nme_stats(lmk, human),
             "regressor": "U (fine-tuned)" if regressor is trainer.model.student else "U* (teacher)",
         }
+        if name != "clean":
+            cams[name].update(_wiener_attack(attack_cams[name], faces, judge))
         log.info("%s: %s", name, cams[name])
     clean_nme = cams["clean"]["nme_vs_human"]
     learned = cams["learned"]
