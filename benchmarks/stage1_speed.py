@@ -17,11 +17,15 @@ order:
 3. the FAN alone: the student forward+backward on a fixed (detached) 8x3x128x128 batch and
    the teacher forward under ``torch.no_grad``, ``alpha2 * heatmap loss``.
 
-"rest" = step - camera - FAN (optimiser, batch assembly, autograd glue). Peak memory is the
-worker's ``VmHWM`` from ``/proc/self/status`` (cross-checked with ``getrusage`` ``ru_maxrss``);
-it includes the Python interpreter and torch themselves, whose share is printed as the RSS
-after the imports and after set-up (trainer, camera, images). The worker prints one JSON
-line; the parent prints the machine, the load average and a markdown table. Run with
+4. when the config has identity terms (the demo's attack-aware term): the dlib-ResNet twin on
+   the chips of a fixed 8-image y, through the Wiener filters at each attack balance first,
+   forward+backward to y and the PSF (needs the cached face-api weights).
+
+"rest" = step - camera - FAN - identity (optimiser, batch assembly, autograd glue). Peak memory
+is the worker's ``VmHWM`` from ``/proc/self/status`` (cross-checked with ``getrusage``
+``ru_maxrss``); it includes the Python interpreter and torch themselves, whose share is printed
+as the RSS after the imports and after set-up (trainer, camera, images). The worker prints one
+JSON line; the parent prints the machine, the load average and a markdown table. Run with
 ``--help`` for the options.
 """
 
@@ -135,8 +139,14 @@ def worker(args) -> None:
     n_images = 4 * cfg.batch_size
     train_x = torch.rand(n_images, 3, s, s)
 
+    identity_net = None
+    if max(cfg.identity_weight, cfg.identity_spread_weight, cfg.attack_identity_weight) > 0:
+        from deid.identity_net import IdentityNet
+
+        identity_net = IdentityNet.load()  # the cached face-api weights (as training needs)
     tmp = tempfile.TemporaryDirectory(prefix="stage1_speed_")
-    trainer = Stage1Trainer(cfg, tmp.name, DistInfo(), train_x, teacher, val_images=train_x[:8])
+    trainer = Stage1Trainer(cfg, tmp.name, DistInfo(), train_x, teacher, val_images=train_x[:8],
+                            identity_net=identity_net)
 
     # camera alone, exactly as Stage1Model.forward + the optics loss terms run it
     cam = build_camera(cfg, torch.Generator().manual_seed(cfg.seed))
@@ -174,6 +184,30 @@ def worker(args) -> None:
         (cfg.alpha2 * heatmap_loss(hm, hm_t)).backward()
 
     cases = {"step": trainer.train_step, "camera": camera_fwd_bwd, "fan": fan_fwd_bwd}
+    if identity_net is not None:
+        # identity terms alone: chips of a fixed camera-like y through the dlib twin (and,
+        # for the attack term, through the Wiener filters first), fwd+bwd to y and the PSF
+        from deid.identity_net import warp_to_chips
+
+        y_id = torch.rand(cfg.batch_size, 3, s, s)
+        x_id = train_x[: cfg.batch_size]
+        aff = trainer.chip_affines[: cfg.batch_size]
+        with torch.no_grad():
+            e_x = identity_net(warp_to_chips(x_id, aff))
+            psf_id = trainer.camera.psf()
+
+        def identity_fwd_bwd():
+            y = y_id.clone().requires_grad_(True)
+            psf = psf_id.clone().requires_grad_(True)
+            e_y = identity_net(warp_to_chips(y, aff))
+            loss = (cfg.identity_weight * (e_y - e_x).norm(dim=-1).mean()
+                    + cfg.identity_spread_weight * e_y.std(dim=0).sum())
+            if cfg.attack_identity_weight > 0:
+                loss = loss + cfg.attack_identity_weight * trainer._attack_identity(
+                    y, psf, e_x, aff)
+            loss.backward()
+
+        cases["identity"] = identity_fwd_bwd
     rss_setup = proc_status_mb("VmRSS")
     for _ in range(args.warmup):
         for fn in cases.values():
@@ -313,14 +347,16 @@ def main(args) -> None:
     print(f"- total run time {time.perf_counter() - t_start:.1f} s")
     print()
     print("| threads | steps/s | ms/step median | peak RSS MB | camera fwd+bwd ms "
-          "| FAN fwd+bwd ms | camera share % | FAN share % | rest ms |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| FAN fwd+bwd ms | identity fwd+bwd ms | camera share % | FAN share % "
+          "| identity share % | rest ms |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         w = r["wall"]
         step, c, f = w["step"]["median_ms"], w["camera"]["median_ms"], w["fan"]["median_ms"]
+        i = w["identity"]["median_ms"] if "identity" in w else 0.0
         print(f"| {label(r)} | {r['steps_per_s']:.2f} | {step:.1f} | {r['vmhwm_mb']:.0f} "
-              f"| {c:.1f} | {f:.1f} | {100 * c / step:.0f} | {100 * f / step:.0f} "
-              f"| {step - c - f:.1f} |")
+              f"| {c:.1f} | {f:.1f} | {i:.1f} | {100 * c / step:.0f} | {100 * f / step:.0f} "
+              f"| {100 * i / step:.0f} | {step - c - f - i:.1f} |")
     print()
     print("| threads | step IQR ms | step min ms | step CPU ms | camera IQR ms | camera CPU ms "
           "| FAN IQR ms | FAN CPU ms |")

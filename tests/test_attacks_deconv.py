@@ -212,3 +212,19 @@ def test_device_and_dtype_follow_y(scene, psfs):
         out = f(y, psfs["gauss"], **({"iterations": 2} if f is not wiener else {}))
         assert out.dtype == torch.float32 and out.device == y.device
         assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+def test_wiener_balances_equals_one_call_per_balance():
+    from optics.attacks.deconv import wiener_balances
+
+    g = torch.Generator().manual_seed(3)
+    y = torch.rand(2, 3, 20, 24, generator=g, dtype=torch.float64)
+    psf = torch.rand(3, 7, 7, generator=g, dtype=torch.float64)
+    psf = psf / psf.sum(dim=(-2, -1), keepdim=True)
+    out = wiener_balances(y, psf, (1e-3, 0.1, 2.0))
+    assert out.shape == (3, 2, 3, 20, 24)
+    for i, b in enumerate((1e-3, 0.1, 2.0)):
+        ref = wiener(y, psf, reg=b, boundary="replicate")
+        assert torch.allclose(out[i], ref, atol=1e-12)
+    with pytest.raises(ValueError, match="balances"):
+        wiener_balances(y, psf, ())

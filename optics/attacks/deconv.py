@@ -49,6 +49,7 @@ __all__ = [
     "BOUNDARIES",
     "REGULARISERS",
     "wiener",
+    "wiener_balances",
     "richardson_lucy",
     "estimate_noise_sigma",
     "select_balance",
@@ -336,6 +337,27 @@ def wiener(
     lam = _per_channel(reg, b, c, yw)
     filt = otf.conj() / (otf.abs() ** 2 + lam * _reg_power(regulariser, nh, nw, yw))
     x = torch.fft.irfft2(filt * torch.fft.rfft2(_pad(yw, nh, nw, boundary)), s=(nh, nw))
+    return _finish(x, h, w, clip, out_dtype)
+
+
+def wiener_balances(y: torch.Tensor, psf: torch.Tensor, balances, regulariser: str = "laplacian",
+                    boundary: str = "replicate", clip: bool = True) -> torch.Tensor:
+    """:func:`wiener` at several float balances at once, sharing the FFTs of ``y`` and of the
+    PSF: ``(R, B, C, H, W)`` for ``R`` balances; equal to stacking ``wiener(y, psf, reg=b)``.
+    Differentiable in ``y`` and ``psf`` (training against a deconvolving attacker)."""
+    balances = [float(b) for b in balances]
+    if not balances or not all(b >= 0 and math.isfinite(b) for b in balances):
+        raise ValueError(f"balances must be finite floats >= 0, got {balances}")
+    yw, psf_w, out_dtype = _prepare(y, psf)
+    b, c, h, w = yw.shape
+    nh, nw = _grid(h, w, *psf_w.shape[-2:], boundary)
+    otf = _otf(psf_w, nh, nw)
+    spec = torch.fft.rfft2(_pad(yw, nh, nw, boundary))
+    power = otf.abs() ** 2
+    reg = _reg_power(regulariser, nh, nw, yw)
+    lam = torch.tensor(balances, dtype=yw.dtype, device=yw.device).reshape(-1, 1, 1, 1, 1)
+    filt = otf.conj() / (power + lam * reg)  # (R, Bp, C, nh, nw//2+1)
+    x = torch.fft.irfft2(filt * spec, s=(nh, nw))
     return _finish(x, h, w, clip, out_dtype)
 
 
