@@ -17,9 +17,9 @@ order:
 3. the FAN alone: the student forward+backward on a fixed (detached) 8x3x128x128 batch and
    the teacher forward under ``torch.no_grad``, ``alpha2 * heatmap loss``.
 
-4. when the config has identity terms (the demo's attack-aware term): the dlib-ResNet twin on
-   the chips of a fixed 8-image y, through the Wiener filters at each attack balance first,
-   forward+backward to y and the PSF (needs the cached face-api weights).
+4. when the config has identity terms (the demo's attack-aware term): Wiener filters of a
+   fixed 8-image y at every attack balance, the two picked restorations per face through the
+   dlib-ResNet twin, forward+backward to y and the PSF (needs the cached face-api weights).
 
 "rest" = step - camera - FAN - identity (optimiser, batch assembly, autograd glue). Peak memory
 is the worker's ``VmHWM`` from ``/proc/self/status`` (cross-checked with ``getrusage``
@@ -204,7 +204,7 @@ def worker(args) -> None:
                     + cfg.identity_spread_weight * e_y.std(dim=0).sum())
             if cfg.attack_identity_weight > 0:
                 loss = loss + cfg.attack_identity_weight * trainer._attack_identity(
-                    y, psf, e_x, aff)
+                    y, psf, e_x, aff, x=x_id)
             loss.backward()
 
         cases["identity"] = identity_fwd_bwd
