@@ -148,8 +148,8 @@ def test_flipped_affines_extract_the_same_chip():
 
 def test_attack_identity_term_is_the_attackers_best_balance(tmp_path):
     """The Wiener-attack identity hinge equals a hand computation (per face, the smaller
-    embedding distance of the PSNR-best balance and the balance drawn for this step) and its
-    gradient reaches the Zernike coefficients."""
+    embedding distance of the batch's PSNR-best balance and the balance drawn for this step)
+    and its gradient reaches the Zernike coefficients."""
     from deid import identity_net
     from deid.fan import FAN, FANConfig
     from deid.identity_net import IdentityNet, warp_to_chips
@@ -179,12 +179,12 @@ def test_attack_identity_term_is_the_attackers_best_balance(tmp_path):
         e_x = net(warp_to_chips(x, affines))
         psf = trainer.camera.psf()
         restored = [wiener(out["y"], psf, reg=b) for b in balances]
-        best = torch.stack([(r - x).pow(2).flatten(1).mean(1) for r in restored]).argmin(0)
+        best = int(torch.stack([(r - x).pow(2).mean() for r in restored]).argmin())
         draw = int(torch.randint(len(balances), (1,), generator=sample_generator(0, 5, -1)))
         expected = 0.0
         for i in range(2):
             d = [float((net(warp_to_chips(restored[k][i:i + 1], affines[i:i + 1])) - e_x[i])
-                       .norm()) for k in (int(best[i]), draw)]
+                       .norm()) for k in (best, draw)]
             expected += max(0.0, 2.0 - min(d)) / 2
     assert float(out["attack_identity"].detach()) == pytest.approx(expected, rel=1e-4)
     assert float(out["attack_identity"].detach()) > 0  # margin 2 is never met

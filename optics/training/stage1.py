@@ -308,10 +308,10 @@ class Stage1Trainer:
     def _attack_identity(self, y, psf, e_x, affines, x=None) -> torch.Tensor:
         """Identity hinge after the attacker's deconvolution: Wiener filters (Laplacian
         regulariser) with the camera's current PSF at every balance in ``attack_balances``
-        (one shared FFT). Two restorations per face reach the dlib twin: the balance with
-        the best PSNR against ``x`` (what an attacker tuning on faces would pick, here per
-        face), and one balance drawn from the list at this step (seeded by (seed, step), so
-        resuming is exact), which keeps the whole range covered. The hinge acts on the
+        (one shared FFT, without autograd). Two restorations per face reach the dlib twin:
+        the balance with the best PSNR on this batch (what the attacker of the privacy
+        report picks by tuning on faces), and one balance drawn from the list at this step
+        (seeded by (seed, step), so resuming is exact), which keeps the whole range covered. The hinge acts on the
         smaller of the two embedding distances, ``relu(margin - min ||e(W_b y) - e(x)||)``.
         Gradients reach the coefficients through ``y`` and through the PSF being inverted.
         Without ``x`` (e.g. benchmarks) the drawn balance alone is used."""
@@ -321,17 +321,22 @@ class Stage1Trainer:
         from .schedule import sample_generator
 
         y = resize_to(y, (self.train_images.shape[-2], self.train_images.shape[-1]))
-        x_hat = wiener_balances(y, psf, self.cfg.attack_balances)  # (R, B, C, H, W)
-        n_bal, b = x_hat.shape[:2]
-        draw = int(torch.randint(n_bal, (1,), generator=sample_generator(
+        balances = self.cfg.attack_balances
+        b = y.shape[0]
+        draw = int(torch.randint(len(balances), (1,), generator=sample_generator(
             self.cfg.seed, self.step, -1)))
         picks = [torch.full((b,), draw, dtype=torch.long, device=y.device)]
-        if x is not None:
+        if x is not None:  # the choice needs no gradient: search the grid without autograd
             with torch.no_grad():
-                mse = (x_hat - x.unsqueeze(0)).pow(2).flatten(2).mean(-1)  # (R, B)
-            picks.insert(0, mse.argmin(dim=0))
+                x_all = wiener_balances(y, psf, balances)  # (R, B, C, H, W)
+                best = int((x_all - x.unsqueeze(0)).pow(2).flatten(1).mean(-1).argmin())
+            picks.insert(0, torch.full((b,), best, dtype=torch.long, device=y.device))
+        used = sorted({int(i) for p in picks for i in p})
+        x_hat = wiener_balances(y, psf, [balances[i] for i in used])  # with autograd
+        slot = {k: n for n, k in enumerate(used)}
         rows = torch.arange(b, device=y.device)
-        chosen = torch.cat([x_hat[p, rows] for p in picks])  # (P * B, C, H, W)
+        chosen = torch.cat([x_hat[torch.tensor([slot[int(i)] for i in p], device=y.device), rows]
+                            for p in picks])  # (P * B, C, H, W)
         e = self.identity_net(warp_to_chips(chosen, affines.repeat(len(picks), 1, 1)))
         dist = (e.unflatten(0, (len(picks), b)) - e_x).norm(dim=-1)
         return torch.nn.functional.relu(self.cfg.identity_margin - dist.min(dim=0).values).mean()
