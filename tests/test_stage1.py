@@ -168,7 +168,7 @@ def test_attack_identity_term_is_the_attackers_best_balance(tmp_path):
     teacher = FAN.from_config(FANConfig(input_size=64, width=16))
     balances = (1e-4, 0.01, 1.0)
     cfg = Stage1Config(image_size=64, batch_size=2, attack_identity_weight=1.0,
-                       attack_balances=balances, identity_margin=2.0, augment=False)
+                       attack_balances=balances, attack_margin=2.0, augment=False)
     trainer = Stage1Trainer(cfg, tmp_path, DistInfo(), faces, teacher,
                             identity_net=IdentityNet.load(weights.parent))
     trainer.step = 5
