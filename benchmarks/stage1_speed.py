@@ -369,8 +369,9 @@ def main(args) -> None:
     print()
     print("steps/s: timed steps / their summed wall time. ms columns: wall-clock medians of "
           "single calls. Peak RSS: the worker's VmHWM (includes Python + torch, see 'RSS after "
-          "imports' and 'after set-up'). Shares: camera or FAN median / step median; "
-          "rest = step - camera - FAN (Adam, batch assembly, autograd glue). CPU ms: process "
+          "imports' and 'after set-up'). Shares: part median / step median; rest = step - "
+          "camera - FAN - identity (Adam, batch assembly, autograd glue; negative when the "
+          "parts timed alone cost more than inside the step). CPU ms: process "
           "CPU time (all threads); CPU > wall means the threads ran in parallel, wall >> CPU "
           "means preemption.")
 
