@@ -332,12 +332,18 @@ def wiener(
                              boundary, grid, noise_sigma)
     yw, psf_w, out_dtype = _prepare(y, psf)
     b, c, h, w = yw.shape
+    x = _wiener_solve(yw, psf_w, _per_channel(reg, b, c, yw), regulariser, boundary)
+    return _finish(x, h, w, clip, out_dtype)
+
+
+def _wiener_solve(yw, psf_w, lam, regulariser: str, boundary: str) -> torch.Tensor:
+    """``F^-1[conj(H) Y / (|H|^2 + lam |D|^2)]`` on the padded grid (not cropped); ``lam``
+    broadcasts against ``(B, C, 1, 1)`` (a leading balance axis gives one result each)."""
+    h, w = yw.shape[-2:]
     nh, nw = _grid(h, w, *psf_w.shape[-2:], boundary)
     otf = _otf(psf_w, nh, nw)
-    lam = _per_channel(reg, b, c, yw)
     filt = otf.conj() / (otf.abs() ** 2 + lam * _reg_power(regulariser, nh, nw, yw))
-    x = torch.fft.irfft2(filt * torch.fft.rfft2(_pad(yw, nh, nw, boundary)), s=(nh, nw))
-    return _finish(x, h, w, clip, out_dtype)
+    return torch.fft.irfft2(filt * torch.fft.rfft2(_pad(yw, nh, nw, boundary)), s=(nh, nw))
 
 
 def wiener_balances(y: torch.Tensor, psf: torch.Tensor, balances, regulariser: str = "laplacian",
@@ -349,15 +355,9 @@ def wiener_balances(y: torch.Tensor, psf: torch.Tensor, balances, regulariser: s
     if not balances or not all(b >= 0 and math.isfinite(b) for b in balances):
         raise ValueError(f"balances must be finite floats >= 0, got {balances}")
     yw, psf_w, out_dtype = _prepare(y, psf)
-    b, c, h, w = yw.shape
-    nh, nw = _grid(h, w, *psf_w.shape[-2:], boundary)
-    otf = _otf(psf_w, nh, nw)
-    spec = torch.fft.rfft2(_pad(yw, nh, nw, boundary))
-    power = otf.abs() ** 2
-    reg = _reg_power(regulariser, nh, nw, yw)
+    h, w = yw.shape[-2:]
     lam = torch.tensor(balances, dtype=yw.dtype, device=yw.device).reshape(-1, 1, 1, 1, 1)
-    filt = otf.conj() / (power + lam * reg)  # (R, Bp, C, nh, nw//2+1)
-    x = torch.fft.irfft2(filt * spec, s=(nh, nw))
+    x = _wiener_solve(yw, psf_w, lam, regulariser, boundary)  # (R, B, C, nh, nw)
     return _finish(x, h, w, clip, out_dtype)
 
 
