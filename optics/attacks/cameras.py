@@ -170,11 +170,10 @@ def _stage1_run(path: Path, size: int) -> AttackCamera:
     cfg = load_config(Stage1Config, path / "config.yaml")
     if (path / "camera.yaml").exists():  # the run's exact optics (PSF window included)
         base = load_config(CameraConfig, path / "camera.yaml").at_image_size(size)
-    else:
-        base = get_preset(cfg.camera)
-        if cfg.psf_size_px:
-            base = base.at_image_size(cfg.image_size).replace(psf_size_px=cfg.psf_size_px)
-        base = base.at_image_size(size)
+    else:  # older runs: rebuild the optics from the run's config
+        from ..training.stage1 import build_camera as stage1_camera
+
+        base = stage1_camera(cfg).config.at_image_size(size)
     coeffs = load_coefficients(path / "coefficients.json")
     n = max([base.n_modes, cfg.n_modes, *coeffs])
     cam = Camera(base.replace(n_modes=n), coefficients_um=coeffs)
