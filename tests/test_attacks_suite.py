@@ -68,6 +68,23 @@ def test_stage1_run_camera(tmp_path):
     assert float((cam(x) - flat(x)).abs().mean()) > 0.01
 
 
+def test_stage1_run_camera_keeps_the_runs_psf_window(tmp_path):
+    """A run's camera.yaml (its PSF window included) is what the attacker models; without
+    it, the window comes from the run's config."""
+    from optics.coefficients import save_coefficients
+    from optics.configio import save_config
+    from optics.training.stage1 import Stage1Config
+    from optics.training.stage1 import build_camera as stage1_camera
+
+    run = tmp_path / "run"
+    cfg = Stage1Config(camera="lopez2024", image_size=64, psf_size_px=44)
+    save_config(cfg, run / "config.yaml")
+    save_coefficients({4: 0.4}, run / "coefficients.json")
+    assert build_camera(str(run), 64).psf.shape[-1] == 44
+    save_config(stage1_camera(cfg).config.replace(psf_size_px=50), run / "camera.yaml")
+    assert build_camera(str(run), 64).psf.shape[-1] == 50
+
+
 def _faces(n=6, size=48):
     from skimage import data
     from skimage.transform import resize
