@@ -123,7 +123,13 @@ def worker(args) -> None:
     from deid.fan import FAN
     from optics.configio import load_config
     from optics.training.distributed import DistInfo
-    from optics.training.losses import heatmap_loss, image_distance_loss, psf_target_loss
+    from optics.training.losses import (
+        heatmap_loss,
+        identity_loss,
+        identity_spread_loss,
+        image_distance_loss,
+        psf_target_loss,
+    )
     from optics.training.pretrain_fan import FANTrainConfig
     from optics.training.schedule import sample_generator
     from optics.training.stage1 import Stage1Config, Stage1Trainer, build_camera
@@ -200,8 +206,8 @@ def worker(args) -> None:
             y = y_id.clone().requires_grad_(True)
             psf = psf_id.clone().requires_grad_(True)
             e_y = identity_net(warp_to_chips(y, aff))
-            loss = (cfg.identity_weight * (e_y - e_x).norm(dim=-1).mean()
-                    + cfg.identity_spread_weight * e_y.std(dim=0).sum())
+            loss = (cfg.identity_weight * identity_loss(e_y, e_x, cfg.identity_margin)
+                    + cfg.identity_spread_weight * identity_spread_loss(e_y))
             if cfg.attack_identity_weight > 0:
                 loss = loss + cfg.attack_identity_weight * trainer._attack_identity(
                     y, psf, e_x, aff, x=x_id)

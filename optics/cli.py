@@ -277,7 +277,7 @@ def _grid_by_face(rows, originals, method, path):
 
 
 def cmd_privacy_report(args) -> int:
-    from .attacks.cameras import BASELINES, DEFAULT_CAMERAS
+    from .attacks.cameras import BASELINES, DEFAULT_CAMERAS, check_camera_spec
     from .attacks.suite import METHODS, load_face_sets, privacy_report, report_markdown
 
     cfg = _attack_config(args)
@@ -286,6 +286,8 @@ def cmd_privacy_report(args) -> int:
         cameras += list(BASELINES)
     if args.cameras:  # an explicit list, plus any --run
         cameras = [c for c in args.cameras.split(",") if c] + list(args.run or [])
+    for spec in cameras:
+        check_camera_spec(spec)
     methods = args.methods.split(",") if args.methods else list(METHODS)
     faces = load_face_sets(cfg.size, max_test=args.max_faces or None)
     report = privacy_report(args.out, cameras, methods, cfg, faces=faces,

@@ -85,7 +85,14 @@ def _field_parser(tp):
         tp = args[0]
     if typing.get_origin(tp) is tuple:
         inner = typing.get_args(tp)[0]
-        return lambda s: tuple(inner(v) for v in s.split(",") if v.strip())
+
+        def parse_tuple(s):
+            try:
+                return tuple(inner(v) for v in s.split(",") if v.strip())
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"expected comma-separated {inner.__name__} values, got {s!r}") from None
+        return parse_tuple
     if tp is bool:
         def parse_bool(s):
             if s.lower() in ("1", "true", "yes", "on"):

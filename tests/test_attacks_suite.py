@@ -2,6 +2,8 @@
 metrics, `optics attack` (simulated and captured inputs) and `optics privacy-report`."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -51,6 +53,25 @@ def test_measured_psf_files(tmp_path):
 def test_unknown_camera_is_refused():
     with pytest.raises(ValueError, match="unknown camera"):
         build_camera("fisheye", 64)
+
+
+@pytest.mark.parametrize("spec,needle", [("fisheye", "unknown camera"),
+                                          ("defocus-x", "expected a number"),
+                                          ("blur--1", "finite and >= 0"),
+                                          ("mosaic-nan", "finite")])
+def test_camera_specs_are_checked_up_front(spec, needle, tmp_path):
+    from optics.attacks.cameras import check_camera_spec
+
+    with pytest.raises(ValueError, match=needle):
+        check_camera_spec(spec)
+    with pytest.raises(ValueError, match=needle):
+        build_camera(spec, 32)
+    for good in ("none", "defocus-1.5", "blur-8", "mosaic-16"):
+        check_camera_spec(good)
+    r = subprocess.run([sys.executable, "-m", "optics", "privacy-report", "--out",
+                        str(tmp_path / "r"), "--cameras", spec], capture_output=True, text=True)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr
 
 
 def test_stage1_run_camera(tmp_path):

@@ -85,3 +85,36 @@ def test_demo_cameras(tmp_path):
     assert main(["demo", "--cameras-only", "--out", str(tmp_path)]) == 0
     for name in ("lopez2024", "lopez2024-example-mask", "lr16"):
         assert (tmp_path / "cameras" / name / "psf.png").stat().st_size > 0
+
+
+def test_field_help_reads_the_fields_section():
+    """`--help` explains config fields from the dataclass docstring's ``Fields:`` section."""
+    import argparse
+    import dataclasses
+
+    from optics.clikit import add_dataclass_args, field_help
+
+    @dataclasses.dataclass(frozen=True)
+    class Demo:
+        """Settings.
+
+        Fields:
+            alpha: the first weight,
+                continued here.
+            balances: comma-separated floats.
+        """
+
+        alpha: float = 1.0
+        balances: tuple[float, ...] = (0.1, 1.0)
+        other: int = 3
+
+    assert field_help(Demo) == {"alpha": "the first weight, continued here.",
+                                "balances": "comma-separated floats."}
+    p = argparse.ArgumentParser()
+    add_dataclass_args(p, Demo)
+    text = p.format_help()
+    assert "the first weight, continued here. (default 1.0)" in text
+    assert "(default 0.1,1.0)" in text and "(default 3)" in text
+    assert p.parse_args(["--balances", "0.5,2"]).cfg_balances == (0.5, 2.0)
+    with pytest.raises(SystemExit):
+        p.parse_args(["--balances", "a,b"])

@@ -31,8 +31,8 @@ from ..camera import Camera, defocus_target_psf
 from ..imaging import SensorModel, form_image, quantize
 from ..presets import get_preset
 
-__all__ = ["AttackCamera", "build_camera", "optical_camera", "DEFAULT_CAMERAS", "BASELINES",
-           "gaussian_psf", "box_psf", "load_psf"]
+__all__ = ["AttackCamera", "build_camera", "check_camera_spec", "optical_camera",
+           "DEFAULT_CAMERAS", "BASELINES", "gaussian_psf", "box_psf", "load_psf"]
 
 DEFAULT_CAMERAS = ("none", "defocus", "lr16", "prototype")
 BASELINES = ("blur-2", "blur-4", "blur-8", "mosaic-4", "mosaic-8", "mosaic-16")
@@ -180,6 +180,23 @@ def _stage1_run(path: Path, size: int) -> AttackCamera:
     return optical_camera(path.name, cam, f"stage-1 run {path} ({cfg.camera} optics, learned mask)")
 
 
+def check_camera_spec(spec: str) -> None:
+    """A one-line ``ValueError`` for a camera name :func:`build_camera` would refuse, without
+    building anything (so a long report fails before it starts)."""
+    if spec in ("none", "defocus", "lr16", "prototype"):
+        return
+    if spec.startswith(("defocus-", "blur-", "mosaic-")):
+        _number(spec)
+        return
+    if not (Path(spec) / "coefficients.json").exists():
+        raise ValueError(_unknown(spec))
+
+
+def _unknown(spec: str) -> str:
+    return (f"unknown camera {spec!r}: use none, defocus, defocus-D, lr16, prototype, blur-S, "
+            "mosaic-B or a stage-1 run folder")
+
+
 def build_camera(spec: str, size: int = REFERENCE_SIZE_PX, calibration=None,
                  defocus_um: float = 0.5) -> AttackCamera:
     """The camera named ``spec`` (see the module docstring) for ``size x size`` faces."""
@@ -232,7 +249,7 @@ def build_camera(spec: str, size: int = REFERENCE_SIZE_PX, calibration=None,
 
         return AttackCamera(spec, fwd, h, f"software Gaussian blur, sigma {sigma:g} px")
     if spec.startswith("mosaic-"):
-        block = max(1, round(int(spec.split("-", 1)[1]) * scale))
+        block = max(1, round(int(_number(spec)) * scale))
 
         def fwd(x, g):
             s = x.shape[-1]
@@ -252,5 +269,4 @@ def build_camera(spec: str, size: int = REFERENCE_SIZE_PX, calibration=None,
     path = Path(spec)
     if path.is_dir() and (path / "coefficients.json").exists():
         return _stage1_run(path, size)
-    raise ValueError(f"unknown camera {spec!r}: use none, defocus, lr16, prototype, blur-S, "
-                     f"mosaic-B or a stage-1 run folder")
+    raise ValueError(_unknown(spec))
