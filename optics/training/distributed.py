@@ -6,13 +6,18 @@ backend is NCCL on CUDA and gloo on CPU. Without it everything runs in one proce
 
 from __future__ import annotations
 
+import gc
 import os
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "pick_device", "all_mean"]
+__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "distributed_session",
+           "pick_device", "all_mean"]
 
 
 @dataclass(frozen=True)
@@ -55,9 +60,40 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
 
 
-def cleanup_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
+def cleanup_distributed(synchronise: bool = True) -> None:
+    """Leave the process group safely.
+
+    ``synchronise``: wait at a barrier first, so that no rank tears its group down while a
+    peer is still inside a collective (skip it on an error path, where a peer may never come).
+    Then collect garbage, so that DDP reducers holding the group are freed while the
+    interpreter is whole, and destroy the group. Without these steps gloo's worker threads
+    can outlive the group and abort the process at exit ("terminate called without an active
+    exception").
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if synchronise:
+            dist.barrier()
+    finally:
+        gc.collect()
         dist.destroy_process_group()
+
+
+@contextmanager
+def distributed_session(device: str = "auto") -> Iterator[DistInfo]:
+    """``with distributed_session() as info:`` joins the group (if under ``torchrun``) and
+    always leaves it safely (:func:`cleanup_distributed`). Keep objects that hold the group
+    (a DDP-wrapped model) inside a function called in the block, so they are gone when it
+    returns."""
+    info = init_distributed(device)
+    try:
+        yield info
+    except BaseException as e:
+        traceback.clear_frames(e.__traceback__)  # frames of the failed call hold DDP objects
+        cleanup_distributed(synchronise=False)
+        raise
+    cleanup_distributed(synchronise=True)
 
 
 def all_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -72,41 +72,47 @@ def _nme_of(pred, gt) -> dict:
 
 def run_stage1(cfg, out_dir, resume: bool = False, progress=True, evaluate: bool = True):
     """Train stage 1 (DDP-aware) and, on the main process, write the report."""
-    from .distributed import cleanup_distributed, init_distributed
+    from .distributed import distributed_session
+
+    _threads()
+    root = cfg.data or default_corpus()
+    with distributed_session(cfg.device) as dist:
+        trainer, last = _train_stage1(cfg, out_dir, dist, root, resume, progress)
+    # the group is gone: the other ranks have exited, the main one reports alone
+    report = None
+    if dist.is_main and evaluate:
+        from .report import stage1_report
+
+        report = stage1_report(trainer, root)
+        (Path(out_dir) / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return last, report
+
+
+def _train_stage1(cfg, out_dir, dist, root, resume, progress):
+    """Train; returns the trainer without its DDP wrapper (which holds the process group)."""
     from .pretrain_fan import load_teacher
     from .stage1 import Stage1Trainer
 
-    _threads()
-    dist = init_distributed(cfg.device)
-    try:
-        root = cfg.data or default_corpus()
-        train_x, _, _ = load_split(root, "train", cfg.image_size, landmark_key=None)
-        val_x, _, _ = load_split(root, "val", cfg.image_size, landmark_key=None)
-        if not cfg.teacher:
-            raise ValueError("no teacher: pass --teacher PATH/fan.pt (made by optics pretrain-fan)")
-        teacher = load_teacher(cfg.teacher)
-        if teacher.config.input_size != cfg.image_size:
-            raise ValueError(f"the teacher was trained at {teacher.config.input_size} px but "
-                             f"stage 1 runs at {cfg.image_size} px")
-        identity = None
-        if max(cfg.identity_weight, cfg.identity_spread_weight, cfg.attack_identity_weight) > 0:
-            from deid.identity_net import IdentityNet
+    train_x, _, _ = load_split(root, "train", cfg.image_size, landmark_key=None)
+    val_x, _, _ = load_split(root, "val", cfg.image_size, landmark_key=None)
+    if not cfg.teacher:
+        raise ValueError("no teacher: pass --teacher PATH/fan.pt (made by optics pretrain-fan)")
+    teacher = load_teacher(cfg.teacher)
+    if teacher.config.input_size != cfg.image_size:
+        raise ValueError(f"the teacher was trained at {teacher.config.input_size} px but "
+                         f"stage 1 runs at {cfg.image_size} px")
+    identity = None
+    if max(cfg.identity_weight, cfg.identity_spread_weight, cfg.attack_identity_weight) > 0:
+        from deid.identity_net import IdentityNet
 
-            identity = IdentityNet.load()
-        trainer = Stage1Trainer(cfg, out_dir, dist, train_x, teacher, val_images=val_x,
-                                identity_net=identity)
-        if resume and not trainer.resume_from(out_dir):
-            raise ValueError(f"nothing to resume in {out_dir} (no ckpt_*.pt)")
-        last = trainer.run(progress=progress)
-        report = None
-        if dist.is_main and evaluate:
-            from .report import stage1_report
-
-            report = stage1_report(trainer, root)
-            (Path(out_dir) / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        return last, report
-    finally:
-        cleanup_distributed()
+        identity = IdentityNet.load()
+    trainer = Stage1Trainer(cfg, out_dir, dist, train_x, teacher, val_images=val_x,
+                            identity_net=identity)
+    if resume and not trainer.resume_from(out_dir):
+        raise ValueError(f"nothing to resume in {out_dir} (no ckpt_*.pt)")
+    last = trainer.run(progress=progress)
+    trainer.release_ddp()
+    return trainer, last
 
 
 def stage1_config_for_resume(folder, config_cls):

@@ -235,6 +235,10 @@ class Stage1Trainer:
         self.step = 0
         self.history: list[dict] = []
 
+    def release_ddp(self) -> None:
+        """Drop the DDP wrapper (it holds the process group); the model stays usable."""
+        self.ddp = self.model
+
     # ------------------------------------------------------------------ state
     @property
     def camera(self) -> Camera:
