@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup demo test test-quick bench lint clean
+.PHONY: setup demo test test-quick lint-imports bench lint clean
 
 setup: $(VENV)/.installed
 
@@ -24,10 +24,15 @@ demo: setup
 	$(VENV)/bin/optics demo --out runs/demo
 
 test: setup
+	$(VENV)/bin/lint-imports --no-logo
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-quick: setup
+	$(VENV)/bin/lint-imports --no-logo
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint-imports: setup
+	$(VENV)/bin/lint-imports
 
 bench: setup
 	$(PY) benchmarks/psf_speed.py

@@ -5,9 +5,9 @@ One run times, in shuffled interleaved rounds, a batch of 16 RGB 256x256 images 
 the ``lopez2024`` camera's PSF (defocus + coma, cropped to an odd 61x61 window so skimage's
 "same" convolution uses the same PSF centre):
 
-1. ``optics.attacks.deconv.wiener`` (fixed balance, circular boundary, float32 and float64)
+1. ``optics.deconv.wiener`` (fixed balance, circular boundary, float32 and float64)
    against ``skimage.restoration.wiener`` called once per image and channel (float64);
-2. ``optics.attacks.deconv.richardson_lucy`` (30 iterations, linear boundary) against
+2. ``optics.deconv.richardson_lucy`` (30 iterations, linear boundary) against
    ``skimage.restoration.richardson_lucy`` (30 iterations) per image and channel.
 
 Threads are pinned to 1 (``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``) unless
@@ -60,8 +60,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmark the wo
 from machine import cpu_model, loadavg  # noqa: E402  (benchmarks/machine.py)
 from skimage import data, restoration  # noqa: E402
 
-from optics.attacks.deconv import richardson_lucy, wiener  # noqa: E402
 from optics.camera import Camera  # noqa: E402
+from optics.deconv import richardson_lucy, wiener  # noqa: E402
 from optics.imaging import convolve  # noqa: E402
 from optics.presets import get_preset  # noqa: E402
 

@@ -120,19 +120,19 @@ def worker(args) -> None:
     sys.path.insert(0, ROOT)  # benchmark the working tree
     warnings.filterwarnings("ignore")
 
-    from deid.fan import FAN
-    from optics.configio import load_config
-    from optics.training.distributed import DistInfo
-    from optics.training.losses import (
+    from deid.faces.fan import FAN
+    from deid.methods.stage1.losses import (
         heatmap_loss,
         identity_loss,
         identity_spread_loss,
         image_distance_loss,
         psf_target_loss,
     )
-    from optics.training.pretrain_fan import FANTrainConfig
-    from optics.training.schedule import sample_generator
-    from optics.training.stage1 import Stage1Config, Stage1Trainer, build_camera
+    from deid.methods.stage1.trainer import Stage1Config, Stage1Trainer, build_camera
+    from deid.methods.teacher import FANTrainConfig
+    from optics.kit.config import load_config
+    from optics.kit.distributed import DistInfo
+    from optics.kit.schedule import sample_generator
 
     rss_imports = proc_status_mb("VmRSS")
     torch.manual_seed(args.seed)
@@ -147,7 +147,7 @@ def worker(args) -> None:
 
     identity_net = None
     if max(cfg.identity_weight, cfg.identity_spread_weight, cfg.attack_identity_weight) > 0:
-        from deid.identity_net import IdentityNet
+        from deid.judges.identity_net import IdentityNet
 
         identity_net = IdentityNet.load()  # the cached face-api weights (as training needs)
     tmp = tempfile.TemporaryDirectory(prefix="stage1_speed_")
@@ -193,7 +193,7 @@ def worker(args) -> None:
     if identity_net is not None:
         # identity terms alone: chips of a fixed camera-like y through the dlib twin (and,
         # for the attack term, through the Wiener filters first), fwd+bwd to y and the PSF
-        from deid.identity_net import warp_to_chips
+        from deid.judges.identity_net import warp_to_chips
 
         y_id = torch.rand(cfg.batch_size, 3, s, s)
         x_id = train_x[: cfg.batch_size]

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from hardware.mirror_modes import DEVICE_MODES, N_DEVICE_MODES, mode_flags
+from optics.zernike import nm_to_noll
 
 __all__ = ["N_NOLL", "DeviceCalibration", "DeviceSolution", "nominal_calibration",
            "noll_to_device", "device_to_noll", "load_calibration", "save_device_file",
@@ -89,7 +90,6 @@ class DeviceCalibration:
         for k, d in enumerate(DEVICE_MODES):
             if d.m == 0:
                 continue
-            from optics.zernike import nm_to_noll
             own = self.matrix_um[d.noll - 1, k]
             other = self.matrix_um[nm_to_noll(d.n, -d.m) - 1, k]
             s = np.sign(own) or 1.0
@@ -113,7 +113,6 @@ class DeviceCalibration:
 
 
 def _pair_rows(n: int, m: int) -> list[int]:
-    from optics.zernike import nm_to_noll
     rows = {nm_to_noll(n, m) - 1, nm_to_noll(n, -m) - 1}
     return sorted(rows)
 

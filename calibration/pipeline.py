@@ -26,14 +26,21 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from tqdm import tqdm
 
+from calibration.device_map import (
+    DeviceCalibration,
+    device_to_noll,
+    noll_to_device,
+    prototype_amplitudes,
+)
+from calibration.homography import to_pixel_frame
+from calibration.phase_retrieval import PhaseRetrievalConfig, PSFFitter
+from calibration.psf_measure import measure_psf_stack, to_float
+from calibration.registration import register_pair
 from hardware.mirror_modes import DEVICE_MODES, N_DEVICE_MODES
-
-from .device_map import DeviceCalibration, device_to_noll, noll_to_device, prototype_amplitudes
-from .phase_retrieval import PhaseRetrievalConfig, PSFFitter
-from .psf_measure import measure_psf_stack, to_float
-from .registration import register_pair, to_pixel_frame
+from optics.kit.config import to_dict
+from optics.kit.progress import progress_bar
+from optics.presets import get_preset
 
 __all__ = ["CalibrationConfig", "STEPS", "calibrate"]
 
@@ -77,8 +84,6 @@ def _mark(f: h5py.File, step: str, **attrs) -> None:
 
 class _Calibrator:
     def __init__(self, rig, out: Path, config: CalibrationConfig, target_um=None):
-        from optics.presets import get_preset
-
         self.rig = rig
         self.cfg = config
         self.out = out
@@ -128,7 +133,7 @@ class _Calibrator:
         positions = self._stage_positions()
         frames = [[None] * len(positions) for _ in settings]
         actual = [0.0] * len(positions)
-        bar = tqdm(total=len(settings) * len(positions), desc=desc, leave=False)
+        bar = progress_bar(total=len(settings) * len(positions), desc=desc, leave=False)
         for p, pos in enumerate(positions):
             if pos is not None:
                 self.rig.stage.move_to(pos, self.rig.config.stage.timeout_s)
@@ -145,7 +150,7 @@ class _Calibrator:
     # -------------------------------------------------------------- steps
     def step_dark(self, f):
         self.rig.show("dark")
-        pairs = [self.rig.capture() for _ in tqdm(range(self.cfg.dark_frames), desc="dark",
+        pairs = [self.rig.capture() for _ in progress_bar(range(self.cfg.dark_frames), desc="dark",
                                                   leave=False)]
         g = _group(f, "dark")
         p = np.mean([to_float(q.privacy.image) for q in pairs], axis=0)
@@ -205,7 +210,7 @@ class _Calibrator:
             log.info("poking %d settings (%d done before)", len(todo), 24 - len(todo))
             stacks = self._measure_stacks([t[2] for t in todo], "pokes")
             pairs = list(zip(todo, stacks, strict=True))
-            for (k, tag, amps), (stack, div) in tqdm(pairs, desc="fits", leave=False):
+            for (k, tag, amps), (stack, div) in progress_bar(pairs, desc="fits", leave=False):
                 mode = DEVICE_MODES[k]
                 start = self.fitter.scan_start(
                     stack, div, flat_fit, mode.noll,
@@ -324,6 +329,4 @@ def calibrate(rig, out_dir, config: CalibrationConfig | None = None, redo=(), st
 
 
 def _config_dict(cfg) -> dict:
-    from optics.configio import to_dict
-
     return to_dict(cfg)

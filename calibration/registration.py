@@ -7,8 +7,8 @@ the RMS reprojection error in privacy-camera pixels.
 
 Corner positions and :func:`register_pair`'s homography are in OpenCV's pixel frame (pixel
 centres on integers). ``rig calibrate`` stores the homography in privlens' frame (pixel ``i``
-covers ``[i, i + 1)``, centre ``i + 0.5``; :mod:`deid.data.landmarks`, :mod:`captures.dataset`),
-converted by :func:`to_pixel_frame`.
+covers ``[i, i + 1)``, centre ``i + 0.5``; :mod:`deid.faces.landmarks`, :mod:`captures.dataset`),
+converted by :func:`calibration.homography.to_pixel_frame`.
 """
 
 from __future__ import annotations
@@ -17,27 +17,9 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["Registration", "find_corners", "register_pair", "checkerboard_image",
-           "warp_points", "to_pixel_frame"]
+from calibration.homography import warp_points
 
-
-def to_pixel_frame(h_opencv) -> np.ndarray:
-    """A homography between OpenCV pixel frames rewritten for privlens' (centres at i + 0.5):
-    ``T(+0.5) H T(-0.5)``; the inverse of :func:`captures.dataset.cv2_matrix`."""
-    t = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
-    h = t @ np.asarray(h_opencv, dtype=np.float64) @ np.linalg.inv(t)
-    return h / h[2, 2]
-
-
-def checkerboard_image(size_px: int, squares: int = 8, margin_px: int | None = None):
-    """(size, size) float image in [0, 1]: a ``squares x squares`` board with a white margin,
-    so it has ``(squares - 1)^2`` inner corners."""
-    margin = size_px // 8 if margin_px is None else margin_px
-    board = size_px - 2 * margin
-    yy, xx = np.mgrid[0:board, 0:board] * squares // board
-    img = np.ones((size_px, size_px))
-    img[margin:margin + board, margin:margin + board] = ((yy + xx) % 2).astype(float)
-    return img
+__all__ = ["Registration", "find_corners", "register_pair"]
 
 
 def _gray_u8(frame) -> np.ndarray:
@@ -62,12 +44,6 @@ def find_corners(frame, pattern=(7, 7)) -> np.ndarray:
     crit = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 50, 1e-3)
     corners = cv2.cornerSubPix(gray, corners, (5, 5), (-1, -1), crit)
     return corners.reshape(-1, 2).astype(np.float64)
-
-
-def warp_points(h: np.ndarray, points_xy: np.ndarray) -> np.ndarray:
-    """Apply a 3x3 homography to (K, 2) points (x, y)."""
-    p = np.c_[points_xy, np.ones(len(points_xy))] @ np.asarray(h).T
-    return p[:, :2] / p[:, 2:]
 
 
 @dataclasses.dataclass

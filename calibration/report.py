@@ -9,9 +9,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from calibration.device_map import load_calibration
+from calibration.homography import HOMOGRAPHY_DATASET, to_opencv_frame, to_pixel_frame, warp_points
 from hardware.mirror_modes import DEVICE_MODES
-
-from .device_map import load_calibration
+from hardware.sim.bench import reference_homography
+from hardware.sim.fake_tldfm import DEFAULT_HIDDEN, HiddenMirror
 
 __all__ = ["calibration_summary", "truth_errors", "write_report"]
 
@@ -41,9 +43,6 @@ def calibration_summary(path) -> dict:
 def truth_errors(path, rig_config) -> dict:
     """Calibration errors against the simulator's hidden parameters: per-mode scale (relative),
     sign, rotation (degrees) and the homography (max corner displacement, px)."""
-    from hardware.sim.bench import reference_homography
-    from hardware.sim.fake_tldfm import DEFAULT_HIDDEN, HiddenMirror
-
     s = rig_config.sim
     hidden = (HiddenMirror(s.mirror_scales_um, s.mirror_signs or (1,) * 12,
                            s.mirror_rotation_deg) if s.mirror_scales_um else DEFAULT_HIDDEN)
@@ -65,13 +64,11 @@ def truth_errors(path, rig_config) -> dict:
                                                            ** 2)))
     if h is not None:
         n = s.image_size_px
-        from .registration import to_pixel_frame
 
         # the simulator warps in OpenCV's frame; reference px -> privacy px, privlens frame
         true_h = to_pixel_frame(np.linalg.inv(reference_homography(s, n)))
         corners = np.array([[0, 0], [n - 1, 0], [0, n - 1], [n - 1, n - 1], [n / 2, n / 2]],
                            float)
-        from .registration import warp_points
 
         out["homography_max_error_px"] = float(np.linalg.norm(
             warp_points(h, corners) - warp_points(true_h, corners), axis=1).max())
@@ -91,9 +88,8 @@ def _figures(path: Path, out: Path) -> list[str]:
 
             priv = f["registration/privacy_frame"][()]
             ref = f["registration/reference_frame"][()]
-            from captures.dataset import cv2_matrix
 
-            h = cv2_matrix(f["registration/homography"][()])
+            h = to_opencv_frame(f[HOMOGRAPHY_DATASET][()])
             warped = cv2.warpPerspective(ref, h, priv.shape[1::-1])
             fig, ax = plt.subplots(1, 3, figsize=(10, 3.6))
             ax[0].imshow(ref)

@@ -2,17 +2,18 @@
 region that sees the same square of the scene.
 
 For each frame of each session, faces are found on the REFERENCE image with dlib's HOG
-detector (:class:`deid.data.detect.FaceDetector`). Each box becomes a square crop, ``margin``
+detector (:class:`deid.faces.detect.FaceDetector`). Each box becomes a square crop, ``margin``
 times the box's longer side added on every side. The reference crop is that square resampled
 to ``size x size``; the privacy crop is the same square carried into the privacy image by the
 registration homography (reference pixels -> privacy pixels, from ``rig calibrate``) and
 resampled the same way, so the two crops are pixel-aligned (Hartley & Zisserman, *Multiple
 View Geometry*, 2nd ed., sec. 2.3 and 4.1: a plane seen by two cameras maps by a homography).
 
-Coordinates are privlens' pixel frame (:mod:`deid.data.landmarks`): pixel ``i`` covers
+Coordinates are privlens' pixel frame (:mod:`deid.faces.landmarks`): pixel ``i`` covers
 ``[i, i + 1)``, centre ``i + 0.5``; the homography is taken in that frame. OpenCV puts pixel
-centres on integers; :func:`cv2_matrix` converts at the boundary. Resampling: each crop is
-first warped (bilinear) onto a grid at least as fine as the source pixels, then reduced to
+centres on integers; :func:`calibration.homography.to_opencv_frame` converts at the
+boundary. Resampling: each crop is first warped (bilinear) onto a grid at least as fine as
+the source pixels, then reduced to
 ``size`` by pixel-area averaging (``cv2.INTER_AREA``), so large faces do not alias.
 
 Output::
@@ -35,58 +36,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .store import open_session, to_json
+from calibration.homography import check_homography, to_opencv_frame, warp_points
+from captures.store import open_session, to_json
+from deid.faces.detect import FaceDetector
+from deid.faces.landmarks import outside_fraction
 
-__all__ = ["build_paired_dataset", "load_homography", "split_counts", "parse_split",
-           "crop_square", "apply_homography", "cv2_matrix", "warp_crop", "SPLIT_NAMES"]
+__all__ = ["build_paired_dataset", "split_counts", "parse_split", "crop_square", "warp_crop",
+           "SPLIT_NAMES"]
 
 log = logging.getLogger(__name__)
 
-HOMOGRAPHY_DATASET = "registration/homography"
 SPLIT_NAMES = {1: ("train",), 2: ("train", "test"), 3: ("train", "val", "test")}
 DATASET_FORMAT = "privlens.paired-dataset/1"
 
-
-# ------------------------------------------------------------------------ homography
-
-def _check_homography(h) -> np.ndarray:
-    h = np.asarray(h, dtype=np.float64)
-    if h.shape != (3, 3) or not np.all(np.isfinite(h)):
-        raise ValueError(f"homography must be a finite 3x3 matrix, got shape {h.shape}")
-    if abs(np.linalg.det(h)) < 1e-12 * max(1.0, np.abs(h).max() ** 3):
-        raise ValueError("homography is singular")
-    return h
-
-
-def load_homography(calibration_h5) -> np.ndarray:
-    """The (3, 3) float64 homography ``registration/homography`` of a calibration HDF5 file;
-    it maps reference-camera pixels to privacy-camera pixels."""
-    import h5py
-
-    path = Path(calibration_h5)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such calibration file: {path}")
-    with h5py.File(path, "r") as f:
-        if HOMOGRAPHY_DATASET not in f:
-            raise ValueError(f"{path} has no {HOMOGRAPHY_DATASET} dataset (is it a "
-                             f"calibration file written by 'rig calibrate'?)")
-        return _check_homography(f[HOMOGRAPHY_DATASET][()])
-
-
-def _translation(t: float) -> np.ndarray:
-    return np.array([[1.0, 0.0, t], [0.0, 1.0, t], [0.0, 0.0, 1.0]])
-
-
-def cv2_matrix(t) -> np.ndarray:
-    """A transform between privlens pixel frames (centres at ``i + 0.5``) rewritten for
-    OpenCV's (centres at ``i``)."""
-    return _translation(-0.5) @ np.asarray(t, np.float64) @ _translation(0.5)
-
-
-def apply_homography(h, points) -> np.ndarray:
-    p = np.asarray(points, np.float64).reshape(-1, 2)
-    q = np.c_[p, np.ones(len(p))] @ np.asarray(h, np.float64).T
-    return q[:, :2] / q[:, 2:3]
 
 
 # ------------------------------------------------------------------------ geometry
@@ -117,7 +79,7 @@ def warp_crop(image: np.ndarray, crop_to_source, extent_px: float, size: int) ->
 
     n = max(int(size), int(math.ceil(extent_px)))
     t = np.asarray(crop_to_source, np.float64) @ np.diag([1.0 / n, 1.0 / n, 1.0])
-    out = cv2.warpPerspective(np.ascontiguousarray(image), cv2_matrix(t), (n, n),
+    out = cv2.warpPerspective(np.ascontiguousarray(image), to_opencv_frame(t), (n, n),
                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                               borderMode=cv2.BORDER_REPLICATE)
     if n != size:
@@ -127,12 +89,6 @@ def warp_crop(image: np.ndarray, crop_to_source, extent_px: float, size: int) ->
 
 def _longest_side(quad: np.ndarray) -> float:
     return float(max(np.linalg.norm(quad[i] - quad[(i + 1) % 4]) for i in range(4)))
-
-
-def _outside_fraction(box, width: int, height: int) -> float:
-    x0, y0, x1, y1 = box
-    inside = max(0.0, min(x1, width) - max(x0, 0)) * max(0.0, min(y1, height) - max(y0, 0))
-    return float(1 - inside / ((x1 - x0) * (y1 - y0)))
 
 
 # ------------------------------------------------------------------------ splits
@@ -223,7 +179,7 @@ def build_paired_dataset(session_paths, homography, out_dir, size: int = 128,
 
     Returns the summary written to ``manifest.json``.
     """
-    h = _check_homography(homography)
+    h = check_homography(homography)
     size = int(size)
     if size < 8:
         raise ValueError(f"size must be at least 8 pixels, got {size}")
@@ -236,8 +192,6 @@ def build_paired_dataset(session_paths, homography, out_dir, size: int = 128,
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"output folder exists and is not empty (use overwrite): {out}")
     if detector is None:
-        from deid.data.detect import FaceDetector
-
         detector = FaceDetector(min_score=min_score)
 
     # pass 1: faces on the reference branch
@@ -285,7 +239,7 @@ def build_paired_dataset(session_paths, homography, out_dir, size: int = 128,
             priv = s.privacy_images()[face["frame"]]
             sq = crop_square(face["box"], margin)
             corners = np.array([[sq[0], sq[1]], [sq[2], sq[1]], [sq[2], sq[3]], [sq[0], sq[3]]])
-            quad = apply_homography(h, corners)
+            quad = warp_points(h, corners)
             unit = _crop_to_source(sq, 1)
             ref_crop = warp_crop(ref, unit, sq[2] - sq[0], size)
             priv_crop = warp_crop(priv, h @ unit, _longest_side(quad), size)
@@ -303,8 +257,8 @@ def build_paired_dataset(session_paths, homography, out_dir, size: int = 128,
                 "frame": face["frame"], "face": face["face"], "box": face["box"],
                 "score": face["score"], "crop_box": [round(float(v), 3) for v in sq],
                 "privacy_quad": np.round(quad, 3).tolist(),
-                "reference_outside": round(_outside_fraction(sq, rw, rh), 4),
-                "privacy_outside": round(_outside_fraction(qb, pw, ph), 4),
+                "reference_outside": round(outside_fraction(sq, rw, rh), 4),
+                "privacy_outside": round(outside_fraction(qb, pw, ph), 4),
             })
         for s in sessions.values():
             s.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .store import BRANCHES, open_session, to_json
+from captures.store import BRANCHES, open_session, to_json
 
 __all__ = ["export_frames", "frame_indices", "parse_frames"]
 

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from .store import CaptureWriter
+from captures.store import CaptureWriter
+from optics.kit.progress import progress_bar
 
 __all__ = ["RecordStats", "record_session"]
 
@@ -51,7 +51,7 @@ def record_session(rig, path, frames: int, privacy_only: bool = False,
     complete = False
     with CaptureWriter(path, meta, privacy_only=privacy_only, resume=resume) as writer:
         try:
-            for _ in tqdm(range(frames), desc=f"capture {Path(path).stem}", unit="pair",
+            for _ in progress_bar(range(frames), desc=f"capture {Path(path).stem}", unit="pair",
                           disable=not progress):
                 pair = rig.capture(privacy_only=privacy_only)
                 state = rig.mirror_state()

@@ -18,9 +18,10 @@ its first axis)::
     /mirror/amplitudes          (N, 12) float64 device units, NaN where not given (if ever given)
 
 Crash safety (see ``hardware-facts.md``, "Crash-safe HDF5"): the writer uses plain (non-SWMR)
-HDF5. :meth:`CaptureWriter.append` grows and fills every per-frame dataset first, then sets the
-``frames_committed`` attribute, then flushes. A reader trusts ``min(frames_committed, dataset
-lengths)`` frames, so a frame half-written when the process died is ignored. A new file is
+HDF5. :meth:`CaptureWriter.append` grows and fills every per-frame dataset first and flushes,
+then sets the ``frames_committed`` attribute and flushes again (HDF5 orders nothing within one
+flush). A reader trusts ``min(frames_committed, dataset lengths)`` frames whose last rows read
+back, so a frame half-written when the process died is ignored. A new file is
 built under a temporary name and renamed into place, so a kill during creation leaves either no
 session or a valid empty one.
 
@@ -281,7 +282,11 @@ class CaptureWriter:
         if "mirror" in f:
             for name, ds in f["mirror"].items():
                 _put(ds, n, mirror.get(name, np.full(ds.shape[1], np.nan)))
-        # 2. then the commit mark, 3. then flush
+        # 2. flush the frame (data, chunk indexes and the file's end-of-allocation), 3. only
+        # then the commit mark, flushed again: HDF5 may write dirty metadata in any order
+        # within one flush, so with a single flush the mark could reach the disk before the
+        # frame it counts (seen as "addr overflow" when a killed session was read)
+        f.flush()
         f.attrs.modify(COUNTER, np.int64(n + 1))
         f.flush()
         if self.fsync:
@@ -437,9 +442,25 @@ class CaptureSession:
         spans = self._datasets["frames/info_span"]
         while self._n and spans[self._n - 1, 1] > blob_len:
             self._n -= 1
+        while self._n and not self._readable(self._n - 1):
+            self._n -= 1
         if self._n < self.committed:
             log.warning("%s: %d committed frame(s), but only %d fully written", self.path,
                         self.committed, self._n)
+
+    def _readable(self, i: int) -> bool:
+        """Whether every row ``i`` (and its JSON record) reads back: a frame whose data never
+        fully reached the disk fails with an HDF5 error (e.g. a chunk past the end of the
+        file's allocation)."""
+        try:
+            for ds in self._datasets.values():
+                ds[i]
+            start, stop = self._datasets["frames/info_span"][i]
+            self._f["frames/info_json"][int(start):int(stop)]
+        except (OSError, ValueError, KeyError):
+            log.warning("%s: frame %d does not read back; ignored", self.path, i)
+            return False
+        return True
 
     def __len__(self) -> int:
         return self._n

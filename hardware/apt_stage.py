@@ -28,6 +28,7 @@ __all__ = ["AptController", "APT_CONTROLLERS", "AptStage", "Z8_COUNTS_PER_MM"]
 
 log = logging.getLogger(__name__)
 
+#: Encoder counts per mm of a Z8 actuator on a KDC101 (Thorlabs' APT protocol manual).
 Z8_COUNTS_PER_MM = 34554.96
 
 # Messages that carry a full DC status block (the client copies them into ``status``).

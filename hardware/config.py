@@ -1,5 +1,5 @@
 """The rig config: which backend drives each device (``real`` or ``sim``), and the bench
-geometry. Saved to and loaded from YAML (:mod:`optics.configio`); ``--sim`` on any ``rig``
+geometry. Saved to and loaded from YAML (:mod:`optics.kit.config`); ``--sim`` on any ``rig``
 command turns every device to ``sim``.
 """
 
@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+
+from optics.kit.config import apply_overrides, load_config
+from optics.presets import get_preset
+from optics.psf import defocus_to_z4_m
 
 __all__ = ["MirrorConfig", "CameraDeviceConfig", "StageConfig", "SimConfig", "RigConfig",
            "load_rig_config", "BACKENDS"]
@@ -109,9 +113,6 @@ class RigConfig:
     def diversity_um_per_mm(self) -> float:
         """Noll Z4 (um OPD, RMS) per mm of pinhole travel from the collimator's focus: the
         vergence is dz / f_c^2 dioptres, and W = V r^2 / 2 has Z4 = V a^2 / (4 sqrt 3)."""
-        from optics.presets import get_preset
-        from optics.psf import defocus_to_z4_m
-
         a = get_preset(self.optics).aperture_radius_m
         return defocus_to_z4_m(1e-3 / self.collimator_focal_length_m**2, a) * 1e6
 
@@ -119,8 +120,6 @@ class RigConfig:
 def load_rig_config(path=None, overrides=(), sim: bool = False) -> RigConfig:
     """Rig config from YAML (or the default all-simulated rig), ``key=value`` overrides, and
     ``--sim``."""
-    from optics.configio import apply_overrides, load_config
-
     cfg = load_config(RigConfig, path) if path else RigConfig()
     cfg = apply_overrides(cfg, overrides)
     return cfg.simulated() if sim else cfg

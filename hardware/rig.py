@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import RigConfig
-from .devices import CameraPair, DeviceError, PairedFrame
+from hardware.config import RigConfig
+from hardware.devices import CameraPair, DeviceError, PairedFrame
 
 __all__ = ["Rig"]
 
@@ -64,7 +64,7 @@ class Rig:
         cfg = self.config
         mirror_control = None
         if cfg.mirror.backend == "sim":
-            from .sim.fake_tldfm import FakeMirrorControl, HiddenMirror, build_fake_tldfm
+            from hardware.sim.fake_tldfm import FakeMirrorControl, HiddenMirror, build_fake_tldfm
 
             lib = build_fake_tldfm()
             mirror_control = FakeMirrorControl(lib)
@@ -76,14 +76,14 @@ class Rig:
             lib_path, lib_x = str(lib), str(lib)
         else:
             lib_path, lib_x = cfg.mirror.library, cfg.mirror.library_x
-        from .tldfm import TLDFMMirror
+        from hardware.tldfm import TLDFMMirror
 
         self.mirror = TLDFMMirror(lib_path, lib_x, resource=cfg.mirror.resource or None,
                                   hysteresis=cfg.mirror.hysteresis)
         self.mirror_control = mirror_control
 
         if cfg.stage.backend == "sim":
-            from .sim.apt_device import FakeAptDevice
+            from hardware.sim.apt_device import FakeAptDevice
 
             fake = FakeAptDevice(serial=cfg.stage.serial or "27000001", model=cfg.stage.device,
                                  counts_per_mm=cfg.stage.counts_per_mm, velocity_mm_s=10.0,
@@ -93,7 +93,7 @@ class Rig:
         else:
             port, serial = cfg.stage.port or None, cfg.stage.serial or None
         if cfg.stage.backend != "none":
-            from .apt_stage import AptStage
+            from hardware.apt_stage import AptStage
 
             self.stage = AptStage(port=port, serial=serial, device=cfg.stage.device,
                                   counts_per_mm=cfg.stage.counts_per_mm)
@@ -102,10 +102,10 @@ class Rig:
         vdirs = []
         for cam_cfg, name in ((cfg.privacy_camera, "privacy"),
                               (cfg.reference_camera, "reference")):
-            from .gphoto import GPhotoCamera
+            from hardware.gphoto import GPhotoCamera
 
             if cam_cfg.backend == "sim":
-                from .sim.vcamera import VirtualCameraDir
+                from hardware.sim.vcamera import VirtualCameraDir
 
                 root = Path(cfg.sim.workdir) if cfg.sim.workdir else Path(self._tmpdir())
                 n = cfg.sim.image_size_px
@@ -132,7 +132,7 @@ class Rig:
                                             cfg.reference_camera.backend)):
                 raise ValueError("a simulated bench needs the mirror and both cameras "
                                  "simulated (use --sim)")
-            from .sim.bench import SimBench
+            from hardware.sim.bench import SimBench
 
             self.sim = SimBench(cfg, mirror_control, vdirs[0], vdirs[1], stage=self.stage)
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .imaging import SensorModel, form_image
-from .materials import thin_lens_focal_length_m
-from .propagation import SamplingError
-from .psf import circular_aperture, sensor_mft_matrix, sensor_propagation_method, sensor_psf
-from .zernike import compose_opd, zern_name, zernike_basis
+from optics.imaging import SensorModel, form_image
+from optics.materials import thin_lens_focal_length_m
+from optics.propagation import SamplingError
+from optics.psf import circular_aperture, sensor_mft_matrix, sensor_propagation_method, sensor_psf
+from optics.zernike import compose_opd, zern_name, zernike_basis
 
 __all__ = ["CameraConfig", "Camera", "defocus_target_psf"]
 

@@ -18,8 +18,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
-from .metrics import mtf, radial_profile
-from .zernike import zern_name
+from optics.metrics import mtf, radial_profile
+from optics.zernike import zern_name
 
 __all__ = [
     "plot_phase_map",

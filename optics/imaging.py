@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from scipy.fft import next_fast_len
 
 __all__ = [
-    "BOUNDARIES",
+    "IMAGE_BOUNDARIES",
     "RESPONSES",
     "convolve",
     "apply_response",
@@ -45,7 +45,8 @@ __all__ = [
     "form_image",
 ]
 
-BOUNDARIES = ("linear", "circular", "replicate")
+#: How image formation treats the scene outside its borders (``form_image(boundary=...)``).
+IMAGE_BOUNDARIES = ("linear", "circular", "replicate")
 RESPONSES = ("linear", "gamma")
 
 _GAMMA_EPS = 1e-8  # below this the gamma curve is continued linearly (finite slope at 0)
@@ -89,8 +90,8 @@ def convolve(x: torch.Tensor, psf: torch.Tensor, boundary: str = "linear") -> to
     Returns:
         Tensor with the shape of ``x`` and the promoted floating dtype of ``x`` and ``psf``.
     """
-    if boundary not in BOUNDARIES:
-        raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
+    if boundary not in IMAGE_BOUNDARIES:
+        raise ValueError(f"boundary must be one of {IMAGE_BOUNDARIES}, got {boundary!r}")
     if x.ndim not in (3, 4):
         raise ValueError(f"x must be (B, C, H, W) or (C, H, W), got shape {tuple(x.shape)}")
     if psf.ndim not in (3, 4):
@@ -257,8 +258,8 @@ class SensorModel:
     binning: int = 1
 
     def __post_init__(self) -> None:
-        if self.boundary not in BOUNDARIES:
-            raise ValueError(f"boundary must be one of {BOUNDARIES}, got {self.boundary!r}")
+        if self.boundary not in IMAGE_BOUNDARIES:
+            raise ValueError(f"boundary must be one of {IMAGE_BOUNDARIES}, got {self.boundary!r}")
         if self.response not in RESPONSES:
             raise ValueError(f"response must be one of {RESPONSES}, got {self.response!r}")
         if not (self.gamma > 0 and math.isfinite(self.gamma)):

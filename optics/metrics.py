@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from .camera import Camera, CameraConfig
+from optics.camera import Camera, CameraConfig
 
 __all__ = [
     "in_focus_object_distance_m",

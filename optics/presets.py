@@ -15,8 +15,8 @@
 
 from __future__ import annotations
 
-from .camera import CameraConfig
-from .imaging import SensorModel
+from optics.camera import CameraConfig
+from optics.imaging import SensorModel
 
 __all__ = ["PRESETS", "get_preset", "preset_names"]
 

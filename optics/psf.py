@@ -31,8 +31,8 @@ import math
 import numpy as np
 import torch
 
-from .propagation import SamplingError, centred_coords, fresnel_tf, mft, mft_matrices
-from .zernike import compose_opd, zernike_basis
+from optics.propagation import SamplingError, centred_coords, fresnel_tf, mft, mft_matrices
+from optics.zernike import compose_opd, zernike_basis
 
 __all__ = [
     "circular_aperture",

@@ -7,10 +7,10 @@ import pytest
 import torch
 from skimage import data, restoration
 
-from optics.attacks.deconv import estimate_noise_sigma, richardson_lucy, select_balance, wiener
-from optics.attacks.pnp import pnp
-from optics.attacks.tv import tv_deconvolution, tv_denoise
+from deid.attacks.pnp import pnp
+from deid.attacks.tv import tv_deconvolution, tv_denoise
 from optics.camera import Camera
+from optics.deconv import estimate_noise_sigma, richardson_lucy, select_balance, wiener
 from optics.imaging import convolve
 from optics.presets import get_preset
 
@@ -215,7 +215,7 @@ def test_device_and_dtype_follow_y(scene, psfs):
 
 
 def test_wiener_balances_equals_one_call_per_balance():
-    from optics.attacks.deconv import wiener_balances
+    from optics.deconv import wiener_balances
 
     g = torch.Generator().manual_seed(3)
     y = torch.rand(2, 3, 20, 24, generator=g, dtype=torch.float64)

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from optics.attacks.denoisers import (
+from deid.attacks.denoisers import (
     FaceDenoiser,
     PnPDenoiser,
     gaussian_blur_denoiser,
     load_face_denoiser,
     train_face_denoiser,
 )
-from optics.attacks.inversion import (
+from deid.attacks.inversion import (
     InversionConfig,
     InversionUNet,
     inversion_attack,
@@ -60,7 +60,7 @@ def photo_crops(size: int, per_image: int = 16, seed: int = 0):
 @pytest.fixture(scope="module")
 def faces():
     """``(train, test)`` faces at ``SIZE`` px."""
-    from optics.training.data import load_split
+    from deid.faces.corpus import load_split
 
     try:
         train = load_split(None, "train", SIZE, landmark_key=None)[0]
@@ -154,9 +154,9 @@ def test_inversion_binned_camera_out_size(faces, tmp_path):
     model = train_inversion(camera, big_train, cfg, progress=False)
     assert inversion_attack(y, model=model).shape == (3, 3, 64, 64)
     assert inversion_attack(y, model=model, out_size=50).shape == (3, 3, 50, 50)
-    # an untrained U-Net is the bilinear upsampling of y
+    # an untrained U-Net is y resized by the one resize policy (bicubic up, clamped)
     fresh = InversionUNet(width=4, depth=3, out_size=64)
-    up = torch.nn.functional.interpolate(y, size=64, mode="bilinear", align_corners=False)
+    up = torch.nn.functional.interpolate(y, size=64, mode="bicubic", align_corners=False)
     torch.testing.assert_close(inversion_attack(y, model=fresh), up.clamp(0, 1))
     with pytest.raises(ValueError, match="at_image_size"):
         train_inversion(camera, train, InversionConfig(steps=1, image_size=SIZE), progress=False)

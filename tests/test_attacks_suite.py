@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from optics.attacks.cameras import BASELINES, DEFAULT_CAMERAS, build_camera
-from optics.attacks.suite import METHODS, AttackConfig, Attacker, report_markdown
-from optics.cli import main as optics_main
+from deid.attacks.attacker import METHODS, AttackConfig, Attacker
+from deid.attacks.cameras import BASELINES, DEFAULT_CAMERAS, build_camera
+from deid.evaluation.tables import report_markdown
+from optics.cli.main import main as optics_main
 
 torch.set_num_threads(1)
 
@@ -32,7 +33,7 @@ def test_every_camera_renders_with_a_normalised_psf(spec):
 def test_measured_psf_files(tmp_path):
     import h5py
 
-    from optics.attacks.cameras import load_psf
+    from deid.attacks.cameras import load_psf
 
     k = np.zeros((3, 9, 9))
     k[:, 4, 4] = 2.0
@@ -60,7 +61,7 @@ def test_unknown_camera_is_refused():
                                           ("blur--1", "finite and >= 0"),
                                           ("mosaic-nan", "finite")])
 def test_camera_specs_are_checked_up_front(spec, needle, tmp_path):
-    from optics.attacks.cameras import check_camera_spec
+    from deid.attacks.cameras import check_camera_spec
 
     with pytest.raises(ValueError, match=needle):
         check_camera_spec(spec)
@@ -75,9 +76,9 @@ def test_camera_specs_are_checked_up_front(spec, needle, tmp_path):
 
 
 def test_stage1_run_camera(tmp_path):
+    from deid.methods.stage1.trainer import Stage1Config
     from optics.coefficients import save_coefficients
-    from optics.configio import save_config
-    from optics.training.stage1 import Stage1Config
+    from optics.kit.config import save_config
 
     run = tmp_path / "run"
     save_config(Stage1Config(camera="lopez2024", image_size=64), run / "config.yaml")
@@ -92,10 +93,10 @@ def test_stage1_run_camera(tmp_path):
 def test_stage1_run_camera_keeps_the_runs_psf_window(tmp_path):
     """A run's camera.yaml (its PSF window included) is what the attacker models; without
     it, the window comes from the run's config."""
+    from deid.methods.stage1.trainer import Stage1Config
+    from deid.methods.stage1.trainer import build_camera as stage1_camera
     from optics.coefficients import save_coefficients
-    from optics.configio import save_config
-    from optics.training.stage1 import Stage1Config
-    from optics.training.stage1 import build_camera as stage1_camera
+    from optics.kit.config import save_config
 
     run = tmp_path / "run"
     cfg = Stage1Config(camera="lopez2024", image_size=64, psf_size_px=44)
@@ -122,11 +123,11 @@ def test_attacker_tuning_picks_the_best_parameter_on_its_own_faces():
     faces = _faces()
     cam = build_camera("blur-4", 48)
     att = Attacker("wiener", cam, AttackConfig(size=48, tune_faces=4)).prepare(faces)
-    from deid.evaluation.quality import psnr
+    from deid.judges.quality import psnr
 
     chosen = att.params["reg"]
     y = cam(faces[:4], seed=7)
-    from optics.attacks.deconv import wiener
+    from optics.deconv import wiener
 
     scores = {r: float(psnr(faces[:4], wiener(y, cam.psf, reg=r)).mean())
               for r in (1e-4, 1e-3, 1e-2, 1e-1, 1.0)}
@@ -175,8 +176,8 @@ def test_optics_attack_wiener_writes_images_grid_and_json(tmp_path):
 def test_optics_attack_reads_captured_images(tmp_path):
     """--captured: the attack runs on files, paired with the originals by sorted name; the
     same images as the simulation give the same numbers."""
-    from optics.attacks.suite import load_face_sets
-    from optics.imageio import save_image
+    from deid.faces.corpus import load_face_sets
+    from optics.kit.imageio import save_image
 
     faces = load_face_sets(48)
     cam = build_camera("blur-4", 48)

@@ -18,10 +18,12 @@ from calibration.device_map import (
     prototype_amplitudes,
     save_device_file,
 )
+from calibration.homography import to_pixel_frame, warp_points
 from calibration.phase_retrieval import PhaseRetrievalConfig, PSFFitter
 from calibration.psf_measure import background, centroid_px, crop_centered, measure_psf_stack
-from calibration.registration import checkerboard_image, register_pair, to_pixel_frame
+from calibration.registration import register_pair
 from hardware.mirror_modes import DEVICE_MODES, mode_flags, nominal_noll
+from hardware.sim.bench import checkerboard_image
 from hardware.sim.fake_tldfm import DEFAULT_HIDDEN, HiddenMirror
 from optics.presets import get_preset
 
@@ -161,8 +163,6 @@ def test_checkerboard_registration_recovers_a_homography():
     reg = register_pair(board, moved)  # reference = board, privacy = moved
     assert reg.rms_error_px < 0.1
     pts = np.array([[20.0, 30.0], [200.0, 40.0], [128.0, 220.0]])
-    from calibration.registration import warp_points
-
     np.testing.assert_allclose(warp_points(reg.homography, pts), warp_points(h_true, pts),
                                atol=0.15)
     # in the privlens frame (centres at i + 0.5) the same map moves centres by the same amount

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from optics.camera import Camera, CameraConfig, defocus_target_psf
-from optics.configio import load_config, save_config
+from optics.kit.config import load_config, save_config
 from optics.materials import refractive_index
 from optics.presets import PRESETS, get_preset
 from optics.propagation import SamplingError

@@ -18,14 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captures.dataset import (
-    apply_homography,
-    build_paired_dataset,
-    cv2_matrix,
-    load_homography,
-    parse_split,
-    split_counts,
-)
+from calibration.homography import load_homography, to_opencv_frame, warp_points
+from captures.dataset import build_paired_dataset, parse_split, split_counts
 from captures.export import export_frames
 from captures.store import CaptureWriter, list_sessions, open_session
 from hardware.devices import Frame, PairedFrame
@@ -315,7 +309,7 @@ def _known_homography() -> np.ndarray:
 
 
 def _face_images(n: int) -> list[np.ndarray]:
-    from deid.data.corpus import corpus_dir
+    from deid.faces.corpus import corpus_dir
 
     root = corpus_dir()
     if (root / "manifest.json").is_file():
@@ -343,7 +337,7 @@ def paired_session(tmp_path_factory):
             if i < 8:  # the last two frames have no face
                 y, x = rng.integers(10, 90), rng.integers(10, 130)
                 ref[y:y + 256, x:x + 256] = faces[i]
-            priv = cv2.warpPerspective(ref, cv2_matrix(h), (380, 340),
+            priv = cv2.warpPerspective(ref, to_opencv_frame(h), (380, 340),
                                        flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
             priv = cv2.GaussianBlur(priv, (0, 0), 2.0)
             w.append(PairedFrame(Frame(priv, "P", i, i), Frame(ref, "R", i, i), 0.0))
@@ -394,7 +388,7 @@ def test_paired_dataset_alignment_and_split(paired_session, tmp_path):
     # the face box's centre lands where the homography sends it
     r = man["records"][0]
     x0, y0, x1, y1 = r["crop_box"]
-    centre = apply_homography(h, [[(x0 + x1) / 2, (y0 + y1) / 2]])[0]
+    centre = warp_points(h, [[(x0 + x1) / 2, (y0 + y1) / 2]])[0]
     quad = np.array(r["privacy_quad"])
     np.testing.assert_allclose(quad.mean(0), centre, atol=2.0)
 
@@ -445,8 +439,8 @@ def test_load_homography_errors(tmp_path):
 # ----------------------------------------------------------------------------- CLI
 
 def _rig(argv) -> int:
-    from captures.cli import register
-    from optics.clikit import build_parser, run_cli
+    from hardware.cli.capture import register
+    from optics.kit.cli import build_parser, run_cli
 
     parser, sub = build_parser("rig", "test")
     register(sub)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from optics.cli import main
+from optics.cli.main import main
 
 
 def run(*argv):
@@ -92,7 +92,7 @@ def test_field_help_reads_the_fields_section():
     import argparse
     import dataclasses
 
-    from optics.clikit import add_dataclass_args, field_help
+    from optics.kit.cli import add_dataclass_args, field_help
 
     @dataclasses.dataclass(frozen=True)
     class Demo:

@@ -1,4 +1,4 @@
-"""DDRM with a circulant blur (optics.attacks.ddrm) and the DDPM UNet (optics.attacks.ddpm_unet).
+"""DDRM with a circulant blur (deid.attacks.ddrm) and the DDPM UNet (deid.attacks.ddpm_unet).
 
 What is exact and what is approximate
 -------------------------------------
@@ -20,14 +20,9 @@ import math
 import pytest
 import torch
 
-import optics.attacks.ddrm as ddrm_mod
-from optics.attacks.ddpm_unet import (
-    CELEBA_HQ_256,
-    DDPMUNet,
-    DDPMUNetConfig,
-    load_ddpm_unet,
-)
-from optics.attacks.ddrm import CirculantBlur, GaussianPrior, ddrm, linear_betas, otf
+import deid.attacks.ddrm as ddrm_mod
+from deid.attacks.ddpm_unet import CELEBA_HQ_256, DDPMUNet, DDPMUNetConfig, load_ddpm_unet
+from deid.attacks.ddrm import CirculantBlur, GaussianPrior, ddrm, linear_betas, otf
 from optics.imaging import convolve
 
 torch.set_num_threads(1)

@@ -1,5 +1,5 @@
 """Tests for deid.evaluation (PSNR, SSIM, dlib identity embeddings, re-identification) and
-deid.identity_net (the torch copy of dlib's face-recognition ResNet).
+deid.judges.identity_net (the torch copy of dlib's face-recognition ResNet).
 
 Slow tests use the 5x11 "johns" chips of the dlib 19.5.0 sdist when it is cached (in
 ``$PRIVLENS_HOME/sources``, ``~/.cache/privlens/sources`` or ``/tmp/dlibsdist``) and the
@@ -10,7 +10,6 @@ sdist is downloaded from PyPI when it is not cached.
 from __future__ import annotations
 
 import json
-import os
 import tarfile
 from pathlib import Path
 
@@ -21,19 +20,17 @@ from scipy.ndimage import gaussian_filter
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from deid import identity_net
-from deid.evaluation import (
-    DlibFaceEmbedder,
-    distance,
+from deid.evaluation.reid import (
     identity_distance_stats,
-    match_size,
     nearest_neighbours,
-    psnr,
     reid_report,
     reid_top1,
-    ssim,
 )
-from deid.identity_net import IdentityNet, load_tfjs_weights, warp_to_chips
+from deid.judges import identity_net
+from deid.judges.dlib import DlibFaceEmbedder, distance
+from deid.judges.identity_net import IdentityNet, load_tfjs_weights, warp_to_chips
+from deid.judges.quality import match_size, psnr, ssim
+from optics.kit.paths import privlens_home
 
 # ---------------------------------------------------------------------------- quality
 
@@ -258,7 +255,7 @@ def test_warp_to_chips_matches_dlib_get_face_chip(embedder, size_px, tol):
 
 
 def test_dlib_model_env_override(tmp_path, monkeypatch):
-    from deid.evaluation.identity import dlib_model_path
+    from deid.judges.dlib import dlib_model_path
     monkeypatch.setenv("PRIVLENS_DLIB_MODELS", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="PRIVLENS_DLIB_MODELS"):
         dlib_model_path("dlib_face_recognition_resnet_model_v1.dat")
@@ -409,9 +406,7 @@ def test_identity_net_matches_dlib_on_astronaut(identity_weights, embedder):
 
 
 def _dlib_sdist() -> Path | None:
-    home = os.environ.get("PRIVLENS_HOME")
-    candidates = [Path(home).expanduser() / "sources"] if home else []
-    candidates += [Path("~/.cache/privlens/sources").expanduser(), Path("/tmp/dlibsdist")]
+    candidates = [privlens_home() / "sources", Path("/tmp/dlibsdist")]
     for d in candidates:
         if (d / "dlib-19.5.0.tar.gz").is_file():
             return d / "dlib-19.5.0.tar.gz"
@@ -423,11 +418,10 @@ def johns():
     """The 55 johns chips (5 identities x 11) as ``(images (55, 3, 150, 150), ids)``."""
     sdist = _dlib_sdist()
     if sdist is None:  # fetch it the way deid fetch-demo-data does (PyPI only)
-        from deid.data.corpus import default_home
-        from deid.data.sources import SOURCES, ensure_source
+        from deid.faces.sources import SOURCES, ensure_source
 
         dlib_src = next(s for s in SOURCES if s.filename == "dlib-19.5.0.tar.gz")
-        sdist = ensure_source(dlib_src, default_home() / "sources")
+        sdist = ensure_source(dlib_src, privlens_home() / "sources")
     from PIL import Image
     prefix = "dlib-19.5.0/docs/docs/cache/examples/johns/"
     images, ids = [], []

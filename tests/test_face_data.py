@@ -14,11 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from deid.cli import main as deid_main
-from deid.data import corpus as C
-from deid.data import landmarks as lm
-from deid.data.dataset import FaceFolder
-from deid.data.sources import SOURCES, DownloadError, ensure_source, get_source
+from deid.cli.main import main as deid_main
+from deid.faces import corpus_builder as C
+from deid.faces import landmarks as lm
+from deid.faces import manifest as M
+from deid.faces.dataset import FaceFolder
+from deid.faces.sources import SOURCES, DownloadError, ensure_source, get_source
 
 
 def _save(path, array):
@@ -159,7 +160,7 @@ def test_face_folder_landmarks_follow_the_image(tmp_path):
     pts = np.full((68, 2), np.nan)
     pts[0], pts[1] = [40.0, 20.0], [70.3, 45.6]
     _save(tmp_path / "img" / "a.png", _blobs(100, 60, pts[:2], sigma=3))
-    C.write_landmarks(tmp_path / "landmarks.h5", ["img/a.png"], size=0, dlib68=pts[None])
+    M.write_landmarks(tmp_path / "landmarks.h5", ["img/a.png"], size=0, dlib68=pts[None])
     ds = FaceFolder(tmp_path, size=120)
     item = ds[0]
     grey = item["image"][0].numpy()
@@ -214,7 +215,7 @@ def test_dedup_boxes_and_split():
 def _astronaut_images():
     """Four views of the astronaut: the original, an identical copy from a second source,
     a JPEG re-encoding (a near duplicate), and a mirror image with "human" points."""
-    from deid.data.detect import FaceDetector, LandmarkPredictor
+    from deid.faces.detect import FaceDetector, LandmarkPredictor
 
     (orig,) = C.builtin_images(get_source("skimage"), priority=0)
     buf = io.BytesIO()
@@ -234,11 +235,11 @@ def _astronaut_images():
 
 
 def test_build_corpus_round_trip(tmp_path):
-    from deid.data.detect import LandmarkPredictor
+    from deid.faces.detect import LandmarkPredictor
 
     images, human, det = _astronaut_images()
     summary = C.build_corpus(images, tmp_path, size=96)
-    corpus, records = C.load_manifest(tmp_path)
+    corpus, records = M.load_manifest(tmp_path)
     assert corpus == tmp_path
     assert summary["faces"] == len(records) == 2
     dups = summary["duplicates"]
@@ -255,7 +256,7 @@ def test_build_corpus_round_trip(tmp_path):
         assert x1 - x0 == pytest.approx(C.MARGIN * max(r["box"][2] - r["box"][0],
                                                         r["box"][3] - r["box"][1]), abs=1e-3)
 
-    cache = C.read_landmarks(tmp_path / "landmarks.h5")
+    cache = M.read_landmarks(tmp_path / "landmarks.h5")
     assert cache["file"] == [r["file"] for r in records] and cache["size"] == 96
     assert cache["dlib68"].shape == (2, 68, 2) and np.isfinite(cache["dlib68"]).all()
     assert np.isnan(cache["human68"][0]).all() and np.isnan(cache["xml68"]).all()
@@ -346,7 +347,7 @@ def test_fetch_demo_data_full(tmp_path, capsys):
     assert built["timing_s"]["total_without_download"] < 120, built["timing_s"]
     assert fresh < 600
 
-    corpus, records = C.load_manifest(tmp_path)
+    corpus, records = M.load_manifest(tmp_path)
     by_id = {}
     for r in records:
         if r["split"] == "johns":
@@ -365,7 +366,7 @@ def test_fetch_demo_data_full(tmp_path, capsys):
     assert not {r["source_file"] for r in train} & {r["source_file"] for r in test}
     assert len({r["file"] for r in records}) == len(records)
 
-    cache = C.read_landmarks(corpus / "landmarks.h5")
+    cache = M.read_landmarks(corpus / "landmarks.h5")
     assert cache["file"] == [r["file"] for r in records]
     human = np.isfinite(cache["human68"]).all(axis=(1, 2))
     xml = np.isfinite(cache["xml68"]).all(axis=(1, 2))

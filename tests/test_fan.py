@@ -1,4 +1,5 @@
-"""Tests for the face-heatmap regressor: deid.landmark_groups, deid.heatmaps and deid.fan."""
+"""Tests for the face-heatmap regressor: deid.faces.landmark_groups, deid.faces.heatmaps and
+deid.faces.fan."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deid.fan import (
+from deid.faces.fan import (
     FAN,
     FAN_PRESETS,
     AddCoords,
@@ -18,7 +19,7 @@ from deid.fan import (
     count_parameters,
     fan_preset,
 )
-from deid.heatmaps import (
+from deid.faces.heatmaps import (
     adaptive_wing_loss,
     awing_weight_map,
     face_masks,
@@ -28,7 +29,7 @@ from deid.heatmaps import (
     soft_argmax,
     taylor_peak,
 )
-from deid.landmark_groups import (
+from deid.faces.landmark_groups import (
     FLIP_68,
     GROUPS,
     OUTER_EYE_CORNERS,
@@ -38,7 +39,7 @@ from deid.landmark_groups import (
     indices,
     schematic_face_68,
 )
-from optics.configio import load_config, save_config
+from optics.kit.config import load_config, save_config
 
 NAN = math.nan
 

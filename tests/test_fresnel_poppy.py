@@ -61,12 +61,7 @@ import poppy
 import pytest
 import torch
 
-from optics.psf import (
-    circular_aperture,
-    defocus_to_z4_m,
-    sensor_psf,
-    vergence_dpt,
-)
+from optics.psf import circular_aperture, defocus_to_z4_m, sensor_psf, vergence_dpt
 from optics.zernike import compose_opd, nm_to_noll, zernike, zernike_basis
 
 LAM = 550e-9  # m

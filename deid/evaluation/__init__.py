@@ -1,26 +1,11 @@
-"""Measured privacy and utility, on tensors, independent of any dataset format.
+"""Evaluation: what an attack recovers, and how private and useful a camera or method is.
 
-- :mod:`.quality`: PSNR and SSIM of ``(B, C, H, W)`` images (utility);
-- :mod:`.identity`: dlib ResNet face descriptors of face crops, the "FR" metric (privacy);
-- :mod:`.reid`: nearest-neighbour re-identification against clean and matched galleries.
+- :mod:`.reid`: nearest-neighbour re-identification against clean and matched galleries;
+- :mod:`.judge`: scores one attack's reconstructions (PSNR, SSIM, LPIPS, FR distance, re-id);
+- :mod:`.attack_job`: ``optics attack`` (one method, one camera, written to a folder);
+- :mod:`.privacy_report`: ``optics privacy-report`` (every attack on every camera), with
+  :mod:`.tables` and :mod:`.figures`;
+- :mod:`.stage1` and :mod:`.stage1_report`: ``optics train-stage1``'s run and its report.
 
-The differentiable copy of the identity network, for training losses, is
-:mod:`deid.identity_net`. Protocol and measured numbers: ``docs/identity.md``.
+Protocol and measured numbers: ``docs/identity.md``, ``docs/attacks.md``.
 """
-
-from .identity import DlibFaceEmbedder, distance, pairwise_distances
-from .quality import match_size, psnr, ssim
-from .reid import identity_distance_stats, nearest_neighbours, reid_report, reid_top1
-
-__all__ = [
-    "psnr",
-    "ssim",
-    "match_size",
-    "DlibFaceEmbedder",
-    "distance",
-    "pairwise_distances",
-    "reid_top1",
-    "reid_report",
-    "nearest_neighbours",
-    "identity_distance_stats",
-]

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .identity import SAME_PERSON_THRESHOLD, distance, pairwise_distances
+from deid.judges.dlib import SAME_PERSON_THRESHOLD, distance, pairwise_distances
 
 __all__ = ["nearest_neighbours", "reid_top1", "reid_report", "identity_distance_stats"]
 
@@ -124,7 +124,7 @@ def reid_report(embed_fn: Callable, clean_images: torch.Tensor, ids,
     """Re-identification of a privacy camera on a labelled set of clean face crops.
 
     ``embed_fn`` maps ``(N, 3, H, W)`` images in ``[0, 1]`` to ``(N, D)`` embeddings (e.g. a
-    :class:`~deid.evaluation.identity.DlibFaceEmbedder`; it must accept the camera's output
+    :class:`~deid.judges.dlib.DlibFaceEmbedder`; it must accept the camera's output
     size too); ``camera_fn`` maps clean images to camera images (run under ``no_grad``, in
     chunks of ``batch_size`` if given). Returns a dict with:
 

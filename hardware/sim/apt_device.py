@@ -28,14 +28,14 @@ import threading
 import time
 import tty
 
+from hardware.apt_stage import Z8_COUNTS_PER_MM
+
 __all__ = ["FakeAptDevice", "FAULTS", "FakeModel", "FAKE_MODELS", "Frame", "FrameParser",
            "pack_short", "pack_long", "dcstatus_data", "status_bits", "move_duration_s",
-           "trapezoid_distance", "KDC101_T_S", "velocity_to_apt", "acceleration_to_apt",
-           "Z8_COUNTS_PER_MM"]
+           "trapezoid_distance", "KDC101_T_S", "velocity_to_apt", "acceleration_to_apt"]
 
 log = logging.getLogger(__name__)
 
-Z8_COUNTS_PER_MM = 34554.96  # KDC101 + Z8 actuator, counts per mm (Thorlabs)
 KDC101_T_S = 2048 / 6e6  # sampling interval of the KDC101/TDC001 velocity loop, s
 
 HOST = 0x01

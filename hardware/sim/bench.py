@@ -21,18 +21,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calibration.registration import checkerboard_image
+from deid.faces.corpus import default_corpus
+from hardware.config import RigConfig
 from optics.camera import Camera
 from optics.imaging import convolve
 from optics.presets import get_preset
-
-from ..config import RigConfig
 
 __all__ = ["SimBench", "SCENES", "reference_homography"]
 
 log = logging.getLogger(__name__)
 
 SCENES = ("dark", "pinhole", "checkerboard", "faces", "folder:PATH")
+
+
+def checkerboard_image(size_px: int, squares: int = 8, margin_px: int | None = None):
+    """(size, size) float image in [0, 1]: a ``squares x squares`` board with a white margin,
+    so it has ``(squares - 1)^2`` inner corners."""
+    margin = size_px // 8 if margin_px is None else margin_px
+    board = size_px - 2 * margin
+    yy, xx = np.mgrid[0:board, 0:board] * squares // board
+    img = np.ones((size_px, size_px))
+    img[margin:margin + board, margin:margin + board] = ((yy + xx) % 2).astype(float)
+    return img
 
 
 def reference_homography(sim, size_px: int) -> np.ndarray:
@@ -55,8 +65,6 @@ def _face_images(spec: str, size: int) -> list[np.ndarray]:
     if spec.startswith("folder:"):
         folder = Path(spec.split(":", 1)[1]).expanduser()
     else:
-        from optics.training.data import default_corpus
-
         folder = default_corpus() / "images"
     paths = []
     if folder.is_dir():

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from hardware.mirror_modes import DEVICE_MODES, N_DEVICE_MODES
+from optics.kit.paths import privlens_home
 from optics.zernike import nm_to_noll
 
 __all__ = ["SOURCE", "N_NOLL", "build_fake_tldfm", "default_build_dir", "HiddenMirror",
@@ -49,8 +50,7 @@ class FakeError(RuntimeError):
 
 def default_build_dir() -> Path:
     """``$PRIVLENS_HOME/build``, else ``~/.cache/privlens/build``."""
-    home = os.environ.get("PRIVLENS_HOME") or Path.home() / ".cache" / "privlens"
-    return Path(home).expanduser() / "build"
+    return privlens_home() / "build"
 
 
 def build_fake_tldfm(build_dir: str | os.PathLike | None = None) -> Path:

@@ -1,0 +1,454 @@
+"""Stage 1: learn the Zernike phase plate jointly with the heatmap regressor U.
+
+``L = 1 - mean((x - y)^2) + alpha1 ||H - H_f|| / ||H_f|| + alpha2 mean|U(y) - U*(x)|``
+(+ an optional identity hinge), with U initialised from the frozen teacher U*. See
+:mod:`deid.methods.stage1.losses`.
+
+The run folder holds ``config.yaml``, ``camera.yaml``, ``log.csv``, checkpoints
+``ckpt_<step>.pt``, ``figures/`` and, at the end, ``coefficients.json`` and ``report.json``.
+Resuming continues exactly: every random choice is keyed by (seed, step, sample), see
+:mod:`optics.kit.schedule`. Under ``torchrun`` the model is wrapped in DDP; rank ``r``
+takes samples ``r, r + W, ...`` of each global batch, so the result equals a one-process run
+with the same global batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from deid.judges.dlib import DlibFaceEmbedder
+from deid.judges.identity_net import warp_to_chips
+from deid.methods.stage1.losses import (
+    heatmap_loss,
+    identity_loss,
+    identity_spread_loss,
+    image_distance_loss,
+    psf_target_loss,
+    window_energy_loss,
+)
+from deid.methods.stage1.plots import plot_heatmap_overlay, plot_loss_curves, plot_xy_grid
+from optics import figures
+from optics.camera import Camera, defocus_target_psf
+from optics.coefficients import save_coefficients
+from optics.deconv import wiener_balances
+from optics.kit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from optics.kit.config import save_config, to_dict
+from optics.kit.distributed import DistInfo, all_mean
+from optics.kit.progress import progress_bar
+from optics.kit.resize import resize_to
+from optics.kit.schedule import global_batch, rank_slice, sample_generator
+from optics.presets import get_preset
+
+__all__ = ["Stage1Config", "Stage1Model", "Stage1Trainer", "build_camera"]
+
+log = logging.getLogger(__name__)
+
+LOG_FIELDS = ("step", "loss", "optics", "image_term", "psf_term", "hmap", "identity",
+              "identity_spread", "attack_identity", "energy_term", "captured_min", "seconds")
+
+
+@dataclass(frozen=True)
+class Stage1Config:
+    """Stage-1 settings. Coefficients in micrometres of OPD; sizes in pixels.
+
+    Fields:
+        camera: optics preset (lopez2024, prototype-4f) or lr16 (trains U alone).
+        image_size: face side in pixels (the teacher's input size).
+        psf_size_px: simulated PSF window in pixels; 0 = the preset's, scaled to image_size.
+        n_modes: Zernike terms in the plate (Noll 1..n).
+        modes: trainable Noll indices, comma-separated; unset = 4..n_modes.
+        init_std_um: std of the random initial coefficients, um of OPD.
+        defocus_um: Z4 of the target PSF H_f, um of OPD (on top of the scene's own defocus).
+        alpha1: weight of ||H - H_f|| / ||H_f|| in L_optics.
+        alpha2: weight of the heatmap loss |U(y) - U*(x)|.
+        identity_weight: weight of the hinge relu(margin - ||e(y) - e(x)||) (dlib twin).
+        identity_margin: the hinge's margin in dlib embedding distance (0.6 = same person).
+        identity_spread_weight: weight of the batch spread of e(y) (matched-gallery attacker).
+        attack_identity_weight: weight of the identity hinge after the attacker's Wiener
+            deconvolution with the current PSF.
+        attack_margin: the attack hinge's margin; about the distance of a plainly blurred face
+            from its clean self (0.78 on the demo faces), since re-identification ranks.
+        attack_balances: Wiener balances the attacker may use (comma-separated; default the
+            grid the privacy report's attacker tunes over).
+        min_captured_energy: light fraction the PSF window must hold (else the halo is lost).
+        energy_weight: weight of the window-energy penalty.
+        steps: optimiser steps in total (a resumed run continues up to it).
+        batch_size: global batch (split across DDP processes).
+        lr_optics: Adam step for the coefficients, um per step.
+        lr_fan: Adam step for the student U.
+        eval_every: steps between figures.
+        ckpt_every: steps between checkpoints (the two newest are kept).
+        seed: seed of batch order, flips, noise and the initial coefficients.
+        noise: simulate sensor noise in training.
+        augment: random horizontal flips.
+        data: face corpus folder (default $PRIVLENS_HOME/demo-faces).
+        teacher: teacher checkpoint fan.pt (optics pretrain-fan).
+        tensorboard: also log to TensorBoard.
+        device: auto, cpu, cuda or cuda:N.
+    """
+
+    camera: str = "lopez2024"
+    image_size: int = 128
+    psf_size_px: int = 0
+    n_modes: int = 15
+    modes: tuple[int, ...] | None = None
+    init_std_um: float = 0.05
+    defocus_um: float = 0.5
+    alpha1: float = 1.0
+    alpha2: float = 10.0
+    identity_weight: float = 0.0
+    identity_margin: float = 0.6
+    identity_spread_weight: float = 0.0
+    attack_identity_weight: float = 0.0
+    attack_margin: float = 0.8
+    attack_balances: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+    min_captured_energy: float = 0.95
+    energy_weight: float = 10.0
+    steps: int = 500
+    batch_size: int = 8
+    lr_optics: float = 0.02
+    lr_fan: float = 1e-4
+    eval_every: int = 100
+    ckpt_every: int = 100
+    seed: int = 0
+    noise: bool = True
+    augment: bool = True
+    data: str = ""
+    teacher: str = ""
+    tensorboard: bool = False
+    device: str = "auto"
+
+    def __post_init__(self):
+        if self.steps < 0 or self.batch_size < 1 or self.image_size < 16:
+            raise ValueError("need steps >= 0, batch_size >= 1 and image_size >= 16")
+        for name in ("alpha1", "alpha2", "identity_weight", "identity_spread_weight",
+                     "attack_identity_weight", "attack_margin", "energy_weight", "lr_optics",
+                     "lr_fan", "init_std_um"):
+            v = getattr(self, name)
+            if not (v >= 0 and math.isfinite(v)):
+                raise ValueError(f"{name} must be finite and >= 0, got {v}")
+        if self.eval_every < 1 or self.ckpt_every < 1:
+            raise ValueError("eval_every and ckpt_every must be >= 1")
+        if not 0 <= self.min_captured_energy <= 1:
+            raise ValueError(
+                f"min_captured_energy must be in [0, 1], got {self.min_captured_energy}")
+        if self.attack_identity_weight > 0 and (
+                not self.attack_balances or self.camera == "lr16"
+                or not all(b > 0 and math.isfinite(b) for b in self.attack_balances)):
+            raise ValueError("attack_identity_weight needs positive attack_balances and a "
+                             "camera with a phase plate (not lr16)")
+        if self.psf_size_px < 0:
+            raise ValueError(f"psf_size_px must be >= 0 (0: the preset's), got {self.psf_size_px}")
+
+
+def build_camera(cfg: Stage1Config, generator: torch.Generator | None = None) -> Camera:
+    """The stage-1 camera: the preset at ``image_size``, ``n_modes`` Noll terms, trainable
+    ``modes`` (default 4..n_modes; none for ``lr16``), random initial coefficients."""
+    base = get_preset(cfg.camera).at_image_size(cfg.image_size)
+    if cfg.psf_size_px:
+        base = base.replace(psf_size_px=cfg.psf_size_px)
+    if cfg.camera == "lr16":
+        return Camera(base)
+    cam_cfg = base.replace(n_modes=max(cfg.n_modes, max(cfg.modes or (0,))),
+                           trainable_modes=cfg.modes)
+    return Camera(cam_cfg, init_std_um=cfg.init_std_um, generator=generator)
+
+
+class Stage1Model(nn.Module):
+    """The trainable pair (camera, student U) behind one ``forward`` so DDP syncs both."""
+
+    def __init__(self, camera: Camera, student: nn.Module):
+        super().__init__()
+        self.camera = camera
+        self.student = student
+
+    def forward(self, x: torch.Tensor, generators=None, noise: bool = True):
+        """``(y, psf, heatmaps on y, captured)``; ``captured (C,)`` is the fraction of the light
+        that the PSF window holds (the PSF is normalised to sum 1 inside it)."""
+        raw = self.camera.psf(normalize=False)
+        captured = raw.sum(dim=(-2, -1))
+        psf = raw / captured[:, None, None]
+        if noise and generators is not None:
+            y = torch.cat([self.camera(x[i:i + 1], generator=g, psf=psf)
+                           for i, g in enumerate(generators)])
+        else:
+            y = self.camera(x, noise=noise, psf=psf)
+        return y, psf, self.student(resize_to(y, x.shape[-2:])), captured
+
+
+def _flip(x: torch.Tensor, generators) -> tuple[torch.Tensor, list[bool]]:
+    """Random horizontal flips, one coin per sample from its own generator."""
+    coins = [bool(torch.rand(1, generator=g) < 0.5) for g in generators]
+    x = torch.stack([xi.flip(-1) if c else xi for xi, c in zip(x, coins, strict=True)])
+    return x, coins
+
+
+def _flip_affines(affines: torch.Tensor, coins, width: int) -> torch.Tensor:
+    """Chip affines (chip pixel -> image pixel, centres at integers) of flipped images:
+    composing with ``x -> width - 1 - x`` extracts the same chip from the flipped image."""
+    out = affines.clone()
+    for i, c in enumerate(coins):
+        if c:
+            out[i, 0] = -affines[i, 0]
+            out[i, 0, 2] = width - 1 - affines[i, 0, 2]
+    return out
+
+
+class Stage1Trainer:
+    """Runs stage 1 in ``out_dir``; see the module docstring."""
+
+    def __init__(self, cfg: Stage1Config, out_dir, dist: DistInfo, train_images: torch.Tensor,
+                 teacher: nn.Module, val_images: torch.Tensor | None = None,
+                 identity_net: nn.Module | None = None):
+        self.cfg, self.dist = cfg, dist
+        self.out = Path(out_dir)
+        self.device = dist.device
+        self.train_images = train_images
+        self.val_images = val_images if val_images is not None else train_images[:8]
+        self.teacher = teacher.to(self.device).eval().requires_grad_(False)
+        self.identity_net = identity_net
+        self.chip_affines = None
+        if identity_net is not None:
+            identity_net.to(self.device).eval().requires_grad_(False)
+            # dlib's alignment of the *clean* faces: the attacker's best case, fixed per image
+            self.chip_affines = torch.as_tensor(
+                DlibFaceEmbedder().chip_affines(train_images), dtype=torch.float32)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        camera = build_camera(cfg, gen).to(self.device)
+        student = copy.deepcopy(teacher).train().requires_grad_(True)
+        self.model = Stage1Model(camera, student).to(self.device)
+        self.target_psf = defocus_target_psf(camera.config, cfg.defocus_um).to(self.device)
+        groups = [{"params": [p for p in camera.parameters() if p.requires_grad],
+                   "lr": cfg.lr_optics},
+                  {"params": list(student.parameters()), "lr": cfg.lr_fan}]
+        groups = [g for g in groups if g["params"]]
+        self.optimizer = torch.optim.Adam(groups)
+        self.ddp = self.model
+        if dist.enabled:
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.step = 0
+        self.history: list[dict] = []
+
+    def release_ddp(self) -> None:
+        """Drop the DDP wrapper (it holds the process group); the model stays usable."""
+        self.ddp = self.model
+
+    # ------------------------------------------------------------------ state
+    @property
+    def camera(self) -> Camera:
+        return self.model.camera
+
+    def state(self) -> dict:
+        return {"step": self.step, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "config": to_dict(self.cfg),
+                "history": self.history}
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.history = list(state.get("history", []))
+
+    def resume_from(self, folder) -> bool:
+        """Load the newest checkpoint in ``folder``; False if there is none."""
+        path = latest_checkpoint(folder)
+        if path is None:
+            return False
+        self.load_state(load_checkpoint(path, map_location=self.device))
+        log.info("resumed from %s at step %d", path, self.step)
+        return True
+
+    # ------------------------------------------------------------------- step
+    def batch(self, step: int) -> tuple[torch.Tensor, list, torch.Tensor | None]:
+        """This rank's images, per-sample generators and chip affines for batch ``step``."""
+        idx = global_batch(step, len(self.train_images), self.cfg.batch_size, self.cfg.seed)
+        mine = rank_slice(torch.arange(len(idx)), self.dist.rank, self.dist.world_size)
+        gens = [sample_generator(self.cfg.seed, step, int(i)) for i in mine]
+        x = self.train_images[idx[mine]]
+        affines = None if self.chip_affines is None else self.chip_affines[idx[mine]]
+        if self.cfg.augment:
+            x, coins = _flip(x, gens)
+            if affines is not None:
+                affines = _flip_affines(affines, coins, x.shape[-1])
+        return x.to(self.device), gens, affines
+
+    def losses(self, x, gens, noise: bool = True, affines=None) -> dict:
+        cfg = self.cfg
+        y, psf, student_hm, captured = self.ddp(x, gens, noise=noise)
+        with torch.no_grad():
+            teacher_hm = self.teacher(x)
+        image_term = image_distance_loss(x, y)
+        psf_term = psf_target_loss(psf, self.target_psf)
+        hmap = heatmap_loss(student_hm, teacher_hm)
+        optics = image_term + cfg.alpha1 * psf_term
+        energy = window_energy_loss(captured, cfg.min_captured_energy)
+        total = optics + cfg.alpha2 * hmap + cfg.energy_weight * energy
+        ident = torch.zeros((), device=x.device)
+        spread = torch.zeros((), device=x.device)
+        attack = torch.zeros((), device=x.device)
+        if self.identity_net is not None and affines is not None:
+            a = affines.to(x.device)
+            with torch.no_grad():
+                e_x = self.identity_net(warp_to_chips(x, a))
+            if cfg.identity_weight > 0 or cfg.identity_spread_weight > 0:
+                e_y = self.identity_net(warp_to_chips(resize_to(y, x.shape[-2:]), a))
+                ident = identity_loss(e_y, e_x, cfg.identity_margin)
+                spread = identity_spread_loss(e_y)
+                total = total + cfg.identity_weight * ident + cfg.identity_spread_weight * spread
+            if cfg.attack_identity_weight > 0:
+                attack = self._attack_identity(y, psf, e_x, a, x=x)
+                total = total + cfg.attack_identity_weight * attack
+        return {"loss": total, "optics": optics, "image_term": image_term,
+                "psf_term": psf_term, "hmap": hmap, "identity": ident,
+                "identity_spread": spread, "attack_identity": attack, "energy_term": energy,
+                "captured_min": captured.detach().min(), "y": y,
+                "student_hm": student_hm, "teacher_hm": teacher_hm}
+
+    def _attack_identity(self, y, psf, e_x, affines, x=None) -> torch.Tensor:
+        """Identity hinge after the attacker's deconvolution: Wiener filters (Laplacian
+        regulariser) with the camera's current PSF at every balance in ``attack_balances``
+        (one shared FFT, without autograd). Two restorations per face reach the dlib twin:
+        the balance with the best PSNR on this batch (what the attacker of the privacy
+        report picks by tuning on faces), and one balance drawn from the list at this step
+        (seeded by (seed, step), so resuming is exact), which keeps the whole range
+        covered. The hinge acts on the smaller of the two embedding distances,
+        ``relu(attack_margin - min ||e(W_b y) - e(x)||)``.
+        Gradients reach the coefficients through ``y`` and through the PSF being inverted.
+        Without ``x`` (e.g. benchmarks) the drawn balance alone is used."""
+        y = resize_to(y, (self.train_images.shape[-2], self.train_images.shape[-1]))
+        balances = self.cfg.attack_balances
+        b = y.shape[0]
+        draw = int(torch.randint(len(balances), (1,), generator=sample_generator(
+            self.cfg.seed, self.step, -1)))
+        picks = [torch.full((b,), draw, dtype=torch.long, device=y.device)]
+        if x is not None:  # the choice needs no gradient: search the grid without autograd
+            with torch.no_grad():
+                x_all = wiener_balances(y, psf, balances)  # (R, B, C, H, W)
+                best = int((x_all - x.unsqueeze(0)).pow(2).flatten(1).mean(-1).argmin())
+            picks.insert(0, torch.full((b,), best, dtype=torch.long, device=y.device))
+        used = sorted({int(i) for p in picks for i in p})
+        x_hat = wiener_balances(y, psf, [balances[i] for i in used])  # with autograd
+        slot = {k: n for n, k in enumerate(used)}
+        rows = torch.arange(b, device=y.device)
+        chosen = torch.cat([x_hat[torch.tensor([slot[int(i)] for i in p], device=y.device), rows]
+                            for p in picks])  # (P * B, C, H, W)
+        e = self.identity_net(warp_to_chips(chosen, affines.repeat(len(picks), 1, 1)))
+        dist = (e.unflatten(0, (len(picks), b)) - e_x).norm(dim=-1)
+        return torch.nn.functional.relu(self.cfg.attack_margin - dist.min(dim=0).values).mean()
+
+    def train_step(self) -> dict:
+        t0 = time.perf_counter()
+        x, gens, affines = self.batch(self.step)
+        out = self.losses(x, gens, noise=self.cfg.noise, affines=affines)
+        self.optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        self.optimizer.step()
+        self.step += 1
+        row = {"step": self.step}
+        for k in LOG_FIELDS[1:-1]:
+            row[k] = float(all_mean(out[k].detach(), self.dist))
+        row["seconds"] = time.perf_counter() - t0
+        self.history.append(row)
+        return row
+
+    # -------------------------------------------------------------------- run
+    def run(self, progress: bool = True) -> dict:
+        """Train until ``cfg.steps``; checkpoint, log and evaluate on the way."""
+        cfg = self.cfg
+        main = self.dist.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out / "config.yaml")
+            save_config(self.camera.config, self.out / "camera.yaml")
+            self._trim_csv()
+        writer = self._tensorboard() if main and cfg.tensorboard else None
+        bar = progress_bar(total=cfg.steps, initial=self.step, disable=not (main and progress),
+                   desc="stage 1", unit="step", dynamic_ncols=True)
+        while self.step < cfg.steps:
+            row = self.train_step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", hmap=f"{row['hmap']:.4f}")
+            if main:
+                self._append_csv(row)
+                if writer is not None:
+                    for k, v in row.items():
+                        if k != "step":
+                            writer.add_scalar(f"train/{k}", v, self.step)
+            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                if main:
+                    save_checkpoint(self.state(), self.out / f"ckpt_{self.step}.pt")
+                    self._prune_checkpoints()
+            if main and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+                self.write_figures()
+        bar.close()
+        if writer is not None:
+            writer.close()
+        if main:
+            save_coefficients(self.camera.coefficients_dict(), self.out / "coefficients.json",
+                              camera=self.camera.config.name, steps=self.step,
+                              source="optics train-stage1")
+        return self.history[-1] if self.history else {}
+
+    # ----------------------------------------------------------------- output
+    def _append_csv(self, row: dict) -> None:
+        path = self.out / "log.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            if new:
+                w.writeheader()
+            w.writerow({k: row[k] for k in LOG_FIELDS})
+
+    def _trim_csv(self) -> None:
+        """Drop log rows past the resumed step (written after the last checkpoint)."""
+        path = self.out / "log.csv"
+        if not path.exists():
+            return
+        with path.open() as f:
+            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+
+    def _prune_checkpoints(self, keep: int = 2) -> None:
+        found = sorted(self.out.glob("ckpt_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+        for p in found[:-keep]:
+            p.unlink()
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.warning("tensorboard is not installed; logging to log.csv only")
+            return None
+        return SummaryWriter(str(self.out / "tensorboard"))
+
+    @torch.no_grad()
+    def write_figures(self) -> None:
+        fig_dir = self.out / "figures"
+        cam = self.camera
+        cfg = cam.config
+        labels = [f"{w * 1e9:.0f} nm" for w in cfg.wavelengths_m]
+        psf = cam.psf()
+        figures.plot_psf(psf, cfg.pixel_pitch_m, fig_dir / "psf.png", labels=labels)
+        figures.plot_phase_map(cam.opd_m(), cam.aperture, 550e-9, fig_dir / "phase_map.png",
+                               title=f"step {self.step}")
+        x = self.val_images[:6].to(self.device)
+        gens = [sample_generator(self.cfg.seed, -1, i) for i in range(len(x))]
+        self.model.eval()
+        y, _, hm, _ = self.model(x, gens, noise=self.cfg.noise)
+        self.model.train()
+        plot_xy_grid(x, y, fig_dir / "x_vs_y.png")
+        plot_heatmap_overlay(y, hm, fig_dir / "heatmaps_on_y.png")
+        plot_loss_curves(self.history, fig_dir / "loss_curves.png")
