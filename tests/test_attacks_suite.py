@@ -13,11 +13,12 @@ from deid.attacks.attacker import METHODS, AttackConfig, Attacker
 from deid.attacks.cameras import BASELINES, DEFAULT_CAMERAS, build_camera
 from deid.evaluation.tables import report_markdown
 from optics.cli.main import main as optics_main
+from optics.presets import PRESETS
 
 torch.set_num_threads(1)
 
 
-@pytest.mark.parametrize("spec", DEFAULT_CAMERAS + BASELINES)
+@pytest.mark.parametrize("spec", DEFAULT_CAMERAS + BASELINES + tuple(sorted(PRESETS)))
 def test_every_camera_renders_with_a_normalised_psf(spec):
     cam = build_camera(spec, 64)
     x = torch.rand(2, 3, 64, 64)
@@ -171,6 +172,16 @@ def test_optics_attack_wiener_writes_images_grid_and_json(tmp_path):
     assert 10 < m["psnr_db"] < 60 and 0 < m["ssim"] <= 1 and 0 <= m["reid_top1"] <= 1
     assert len(list((out / "recovered").glob("*.png"))) == res["n_images"]
     assert (out / "grid.png").stat().st_size > 1000
+
+
+def test_optics_attack_takes_a_preset_name(tmp_path, capsys):
+    """--camera PRESET_OR_RUN: a preset name is a camera (was refused before)."""
+    out, res = _attack(tmp_path, "identity", camera="lopez2024")
+    assert res["camera"] == "lopez2024" and "preset" in res["camera_description"]
+    assert optics_main(["attack", "--method", "identity", "--camera", "lopez2025",
+                        "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown camera 'lopez2025'" in err[0] and "lopez2024" in err[0]
 
 
 def test_optics_attack_reads_captured_images(tmp_path):

@@ -18,7 +18,7 @@ from optics.kit.cli import UserError, add_common
 from optics.kit.config import assemble_config
 from optics.presets import get_preset
 
-__all__ = ["register", "demo_teacher", "DEMO_OUT"]
+__all__ = ["register", "demo_teacher", "demo_teacher_dir", "DEMO_OUT"]
 
 DEMO_OUT = Path("runs/demo")
 NME_KEYS = ("val_vs_dlib", "test_vs_dlib", "test_vs_human", "dlib_vs_human")
@@ -37,15 +37,24 @@ def _teacher_config(configs: Path | None, image_size: int | None = None) -> FANT
     return cfg
 
 
-def demo_teacher(image_size: int = 128, out: Path = DEMO_OUT, configs: Path | None = None,
+def demo_teacher_dir(image_size: int = 128, out: Path | None = None) -> Path:
+    """Where the demo keeps its teacher: ``OUT/teacher`` at 128 px, ``OUT/teacher-Npx``
+    otherwise (``OUT``: :data:`DEMO_OUT`)."""
+    out = DEMO_OUT if out is None else Path(out)
+    return out / ("teacher" if image_size == 128 else f"teacher-{image_size}px")
+
+
+def demo_teacher(image_size: int = 128, out: Path | None = None, configs: Path | None = None,
                  progress: bool = True) -> tuple[Path, dict, bool]:
-    """The demo's heatmap teacher (``OUT/teacher/fan.pt`` at 128 px, ``OUT/teacher-Npx``
-    otherwise), trained as ``make demo`` trains it if it is missing. Returns ``(fan.pt,
-    NME report, reused)``."""
-    folder = out / ("teacher" if image_size == 128 else f"teacher-{image_size}px")
+    """The demo's heatmap teacher (:func:`demo_teacher_dir`), trained as ``make demo`` trains
+    it (on the demo corpus, built first if missing) when it is not there yet. Returns
+    ``(fan.pt, NME report, reused)``."""
+    folder = demo_teacher_dir(image_size, out)
     cfg = _teacher_config(configs, image_size)
-    report, reused = ensure_teacher(folder, cfg, data_root=ensure_demo_corpus(progress=progress),
-                                    progress=progress)
+    corpus = None
+    if not ((folder / "fan.pt").exists() and (folder / "nme.json").exists()):
+        corpus = ensure_demo_corpus(progress=progress)
+    report, reused = ensure_teacher(folder, cfg, data_root=corpus, progress=progress)
     return folder / "fan.pt", report, reused
 
 

@@ -10,7 +10,7 @@ from deid.evaluation.stage1 import run_stage1, stage1_config_for_resume
 from deid.methods.stage1.trainer import Stage1Config
 from deid.methods.teacher import FANTrainConfig, run_pretrain_fan
 from optics.cli.common import add_training_config_args, print_stage1_report
-from optics.cli.demo import DEMO_OUT, demo_teacher, print_nme
+from optics.cli.demo import DEMO_OUT, demo_teacher, demo_teacher_dir, print_nme
 from optics.kit.cli import UserError, add_common, dataclass_overrides
 from optics.kit.config import assemble_config
 
@@ -29,7 +29,7 @@ def cmd_pretrain_fan(args) -> int:
 def _default_teacher(cfg: Stage1Config, quiet: bool) -> str:
     """No ``--teacher``: the demo teacher, trained first if it is missing (one process only:
     under ``torchrun`` it must exist already)."""
-    folder = DEMO_OUT / ("teacher" if cfg.image_size == 128 else f"teacher-{cfg.image_size}px")
+    folder = demo_teacher_dir(cfg.image_size)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (folder / "fan.pt").exists():
         raise UserError(f"no --teacher and no demo teacher in {folder}: under torchrun, train "
                         f"it first (optics pretrain-fan --out {folder}) or pass --teacher")
