@@ -5,7 +5,7 @@ Metrics of a reconstruction ``x_hat`` of held-out faces ``x`` (:class:`Judge`):
 - PSNR, SSIM and LPIPS (AlexNet, v0.1) against ``x``;
 - the dlib-ResNet (face_recognition) embedding distance between ``x_hat`` and ``x``
   (0.6 is dlib's same-person threshold);
-- re-identification top-1 on the 5-identity johns set (chance 20%): each johns image goes
+- re-identification top-1 on the identity split ``johns`` (chance 1 / identities): each image goes
   through the camera and the attack, and is matched against the clean johns gallery
   (leave-one-out). The ``matched`` attack reconstructs nothing: it matches ``y`` against the
   gallery passed through the same camera.
@@ -70,7 +70,9 @@ class Judge:
 
 def run_attack(attacker: Attacker, judge: Judge, y_test=None, seed: int = 0) -> dict:
     """Attack the held-out faces (simulated through the camera unless ``y_test`` is given,
-    e.g. captured frames) and the johns set; returns metrics and the reconstructions."""
+    e.g. captured frames) and the johns set; returns the metrics, the test reconstructions
+    ``x_hat``, the privacy images ``y`` and the johns reconstructions ``x_hat_johns`` (None
+    for ``matched``), so other judges can score the same reconstructions."""
     faces = judge.faces
     cam = attacker.camera
     if y_test is None:
@@ -80,7 +82,7 @@ def run_attack(attacker: Attacker, judge: Judge, y_test=None, seed: int = 0) -> 
     with torch.no_grad():
         if attacker.method == "matched":
             metrics = judge.score_matched(cam, y_johns)
-            x_hat = None
+            x_hat = x_hat_johns = None
         else:
             x_hat = attacker.reconstruct(y_test)
             x_hat_johns = attacker.reconstruct(y_johns)
@@ -88,4 +90,4 @@ def run_attack(attacker: Attacker, judge: Judge, y_test=None, seed: int = 0) -> 
     metrics["seconds_attack"] = time.perf_counter() - t0
     metrics["seconds_prepare"] = attacker.seconds_prepare
     metrics["params"] = dict(attacker.params)
-    return {"metrics": metrics, "x_hat": x_hat, "y": y_test}
+    return {"metrics": metrics, "x_hat": x_hat, "y": y_test, "x_hat_johns": x_hat_johns}

