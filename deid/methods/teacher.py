@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from deid.faces.corpus import default_corpus, load_split
 from deid.faces.fan import FAN, FANConfig
 from deid.faces.heatmaps import adaptive_wing_loss, gaussian_heatmaps, nme
-from deid.faces.landmark_groups import hflip_landmarks
+from deid.faces.jitter import Jitter, draw_params, jitter
 from optics.kit.checkpoint import load_checkpoint, save_checkpoint
 from optics.kit.config import from_dict, save_config, to_dict
 from optics.kit.distributed import apply_thread_limit, pick_device
@@ -53,9 +51,9 @@ class FANTrainConfig:
         batch_size: faces per step.
         lr: Adam learning rate.
         sigma_px: std of the Gaussian heatmap targets, pixels of the heatmap.
-        max_rotation_deg: largest random rotation, degrees.
+        max_rotation_deg: largest random rotation, degrees (random flips come with it).
         max_scale: largest random relative scale change.
-        max_shift: largest random shift, fraction of the image side.
+        max_shift: largest random shift, fraction of the face size (the crop side / 1.6).
         seed: seed of batch order and augmentation.
         device: auto, cpu, cuda or cuda:N.
     """
@@ -68,9 +66,9 @@ class FANTrainConfig:
     batch_size: int = 16
     lr: float = 1e-3
     sigma_px: float = 1.0
-    max_rotation_deg: float = 15.0
-    max_scale: float = 0.1
-    max_shift: float = 0.05
+    max_rotation_deg: float = 20.0
+    max_scale: float = 0.15
+    max_shift: float = 0.10
     seed: int = 0
     device: str = "auto"
 
@@ -79,33 +77,17 @@ class FANTrainConfig:
                          num_modules=self.num_modules, depth=self.depth)
 
 
+def augmentation(cfg: FANTrainConfig) -> Jitter:
+    """The teacher's random geometric augmentation: the evaluation jitter's family
+    (:mod:`deid.faces.jitter`) with the config's ranges."""
+    return Jitter(max_rotation_deg=cfg.max_rotation_deg, max_scale=cfg.max_scale,
+                  max_shift=cfg.max_shift)
+
+
 def affine_augment(images: torch.Tensor, landmarks: torch.Tensor, generators, cfg):
-    """Random flip + rotation/scale/shift per sample. ``images (B, 3, S, S)``, ``landmarks
-    (B, 68, 2)`` pixel (x, y); returns both transformed consistently."""
-    b, _, s, _ = images.shape
-    out_img, out_lmk = [], []
-    for i, g in enumerate(generators):
-        img, lmk = images[i], landmarks[i]
-        u = torch.rand(4, generator=g)
-        if u[0] < 0.5:
-            img, lmk = img.flip(-1), hflip_landmarks(lmk, s)
-        angle = math.radians((2 * u[1].item() - 1) * cfg.max_rotation_deg)
-        scale = 1 + (2 * u[2].item() - 1) * cfg.max_scale
-        shift = (torch.rand(2, generator=g) * 2 - 1) * cfg.max_shift * 2  # normalised units
-        cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
-        # theta maps output normalised coords to input normalised coords
-        theta = torch.tensor([[cos, -sin, float(shift[0])], [sin, cos, float(shift[1])]],
-                             dtype=img.dtype)
-        grid = F.affine_grid(theta[None], (1, 3, s, s), align_corners=False)
-        out_img.append(F.grid_sample(img[None], grid, padding_mode="border",
-                                     align_corners=False)[0])
-        # landmarks: input pixel -> normalised -> inverse affine -> output pixel
-        p = lmk / s * 2 - 1
-        a = theta[:, :2].to(lmk.dtype)
-        t = theta[:, 2].to(lmk.dtype)
-        q = torch.linalg.solve(a, (p - t).T).T
-        out_lmk.append((q + 1) / 2 * s)
-    return torch.stack(out_img), torch.stack(out_lmk)
+    """Random flip + rotation/scale/shift per sample (one generator each). ``images (B, 3,
+    S, S)``, ``landmarks (B, 68, 2)`` pixel (x, y); returns both transformed consistently."""
+    return jitter(images, landmarks, draw_params(generators, augmentation(cfg)))
 
 
 def train_teacher(cfg: FANTrainConfig, images: torch.Tensor, landmarks: torch.Tensor,

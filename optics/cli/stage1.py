@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from deid.evaluation.stage1 import run_stage1, stage1_config_for_resume
+from deid.methods.stage1.inference import landmarks_job
 from deid.methods.stage1.trainer import Stage1Config
 from deid.methods.teacher import FANTrainConfig, run_pretrain_fan
 from optics.cli.common import add_training_config_args, print_stage1_report
@@ -60,6 +61,14 @@ def cmd_train_stage1(args) -> int:
     return 0
 
 
+def cmd_landmarks(args) -> int:
+    result = landmarks_job(args.run, args.images, args.out, captured=args.captured,
+                           seed=args.seed)
+    print(f"{len(result['landmarks'])} image(s): 68 landmarks each written to {args.out} "
+          f"({result['input']}, run {args.run})")
+    return 0
+
+
 def register(sub) -> None:
     p = add_common(sub.add_parser(
         "pretrain-fan", help="train the heatmap teacher U* on clean faces",
@@ -88,3 +97,21 @@ def register(sub) -> None:
     p.add_argument("--no-report", action="store_true", help="skip the final evaluation")
     add_training_config_args(p, Stage1Config)
     p.set_defaults(func=cmd_train_stage1)
+
+    p = add_common(sub.add_parser(
+        "landmarks", help="68 landmarks of face images through a stage-1 run",
+        description="Runs every image of --images through the run's camera (learned "
+                    "coefficients) and its fine-tuned regressor U, or only through U with "
+                    "--captured (privacy frames from the bench), and writes 68 points per "
+                    "image in that image's pixel coordinates as JSON: {\"landmarks\": "
+                    "{\"<file name>\": [[x, y], ... 68]}, \"run\": ..., \"camera\": ...}.",
+        epilog="examples:\n  optics landmarks --run runs/demo/stage1 --images faces/ --out "
+               "lmk.json\n  optics landmarks --run runs/demo/stage1 --images captured/ "
+               "--captured --out lmk.json"))
+    p.add_argument("--run", required=True, metavar="DIR", help="a stage-1 run folder")
+    p.add_argument("--images", required=True, metavar="DIR", help="folder of face images")
+    p.add_argument("--out", required=True, metavar="FILE.json", help="output JSON")
+    p.add_argument("--captured", action="store_true",
+                   help="the images are captured privacy frames: regressor only")
+    p.add_argument("--seed", type=int, default=0, help="sensor-noise seed of the simulation")
+    p.set_defaults(func=cmd_landmarks)

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from deid.faces.jitter import Jitter, draw_params, jitter, move_chip_affines
 from deid.judges.dlib import DlibFaceEmbedder
 from deid.judges.identity_net import warp_to_chips
 from deid.methods.stage1.losses import (
@@ -48,7 +49,7 @@ from optics.kit.resize import resize_to
 from optics.kit.schedule import global_batch, rank_slice, sample_generator
 from optics.presets import get_preset
 
-__all__ = ["Stage1Config", "Stage1Model", "Stage1Trainer", "build_camera"]
+__all__ = ["Stage1Config", "Stage1Model", "Stage1Trainer", "build_camera", "REGRESSOR_FILE"]
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,13 @@ class Stage1Config:
         ckpt_every: steps between checkpoints (the two newest are kept).
         seed: seed of batch order, flips, noise and the initial coefficients.
         noise: simulate sensor noise in training.
-        augment: random horizontal flips.
+        augment: random geometric augmentation per sample, the family of the evaluation
+            jitter (:mod:`deid.faces.jitter`): a flip, then a rotation, scale and shift within
+            the three ranges below; the teacher's targets are its heatmaps of the augmented
+            clean image.
+        augment_rotation_deg: largest rotation, degrees.
+        augment_scale: largest relative scale change.
+        augment_shift: largest shift, fraction of the face size (the crop side / 1.6).
         data: face corpus folder (default $PRIVLENS_HOME/demo-faces).
         teacher: teacher checkpoint fan.pt (optics pretrain-fan).
         tensorboard: also log to TensorBoard.
@@ -122,6 +129,9 @@ class Stage1Config:
     seed: int = 0
     noise: bool = True
     augment: bool = True
+    augment_rotation_deg: float = 20.0
+    augment_scale: float = 0.15
+    augment_shift: float = 0.10
     data: str = ""
     teacher: str = ""
     tensorboard: bool = False
@@ -148,6 +158,12 @@ class Stage1Config:
                              "camera with a phase plate (not lr16)")
         if self.psf_size_px < 0:
             raise ValueError(f"psf_size_px must be >= 0 (0: the preset's), got {self.psf_size_px}")
+        self.augmentation()  # validates the ranges
+
+    def augmentation(self) -> Jitter:
+        """The per-sample geometric augmentation (flip probability 0.5)."""
+        return Jitter(max_rotation_deg=self.augment_rotation_deg, max_scale=self.augment_scale,
+                      max_shift=self.augment_shift)
 
 
 def build_camera(cfg: Stage1Config, generator: torch.Generator | None = None) -> Camera:
@@ -161,6 +177,10 @@ def build_camera(cfg: Stage1Config, generator: torch.Generator | None = None) ->
     cam_cfg = base.replace(n_modes=max(cfg.n_modes, max(cfg.modes or (0,))),
                            trainable_modes=cfg.modes)
     return Camera(cam_cfg, init_std_um=cfg.init_std_um, generator=generator)
+
+
+#: The fine-tuned regressor U of a run, in the teacher's checkpoint format (``load_teacher``).
+REGRESSOR_FILE = "regressor.pt"
 
 
 class Stage1Model(nn.Module):
@@ -183,24 +203,6 @@ class Stage1Model(nn.Module):
         else:
             y = self.camera(x, noise=noise, psf=psf)
         return y, psf, self.student(resize_to(y, x.shape[-2:])), captured
-
-
-def _flip(x: torch.Tensor, generators) -> tuple[torch.Tensor, list[bool]]:
-    """Random horizontal flips, one coin per sample from its own generator."""
-    coins = [bool(torch.rand(1, generator=g) < 0.5) for g in generators]
-    x = torch.stack([xi.flip(-1) if c else xi for xi, c in zip(x, coins, strict=True)])
-    return x, coins
-
-
-def _flip_affines(affines: torch.Tensor, coins, width: int) -> torch.Tensor:
-    """Chip affines (chip pixel -> image pixel, centres at integers) of flipped images:
-    composing with ``x -> width - 1 - x`` extracts the same chip from the flipped image."""
-    out = affines.clone()
-    for i, c in enumerate(coins):
-        if c:
-            out[i, 0] = -affines[i, 0]
-            out[i, 0, 2] = width - 1 - affines[i, 0, 2]
-    return out
 
 
 class Stage1Trainer:
@@ -277,9 +279,10 @@ class Stage1Trainer:
         x = self.train_images[idx[mine]]
         affines = None if self.chip_affines is None else self.chip_affines[idx[mine]]
         if self.cfg.augment:
-            x, coins = _flip(x, gens)
+            params = draw_params(gens, self.cfg.augmentation())
+            x, _ = jitter(x, None, params)
             if affines is not None:
-                affines = _flip_affines(affines, coins, x.shape[-1])
+                affines = move_chip_affines(affines, params, x.shape[-1])
         return x.to(self.device), gens, affines
 
     def losses(self, x, gens, noise: bool = True, affines=None) -> dict:
@@ -397,6 +400,11 @@ class Stage1Trainer:
             save_coefficients(self.camera.coefficients_dict(), self.out / "coefficients.json",
                               camera=self.camera.config.name, steps=self.step,
                               source="optics train-stage1")
+            student = self.model.student
+            save_checkpoint({"fan_config": to_dict(student.config),
+                             "state_dict": student.state_dict(), "steps": self.step,
+                             "source": "optics train-stage1 (regressor U)"},
+                            self.out / REGRESSOR_FILE)
         return self.history[-1] if self.history else {}
 
     # ----------------------------------------------------------------- output

@@ -1,0 +1,237 @@
+"""The privacy-utility frontier (``optics frontier``): where a learned lens stands among the
+classic ways of hiding a face.
+
+Each camera is one point:
+
+- **x**: utility, the landmark NME on the geometry-jittered test faces (:mod:`.utility`) of
+  the best regressor for that camera, as a ratio to the mean-shape constant. For a classic
+  camera (Gaussian blur, defocus, mosaic, low resolution) that regressor is the teacher
+  fine-tuned behind it the way stage 1 fine-tunes (:mod:`deid.methods.stage1.regressor`);
+  for a stage-1 run it is the run's own U.
+- **y**: privacy, the **worst case** re-identification top-1 over attacks (looking at ``y``,
+  a matched gallery, a tuned Wiener filter, ...) and identity judges, with its 95% interval.
+
+Lower-left is better. The chance and colour-floor rows (:mod:`.reid_table`) are drawn as
+lines: a camera cannot be "at chance" below the colour floor.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from deid.attacks.attacker import AttackConfig, Attacker
+from deid.attacks.cameras import build_camera, check_camera_spec
+from deid.evaluation.judges import default_judges
+from deid.evaluation.reid_table import baseline_rows, reid_interval
+from deid.evaluation.stats import mean_with_interval
+from deid.evaluation.utility import load_landmark_sets, mean_shape, predict_landmarks
+from deid.faces.corpus import load_split
+from deid.faces.heatmaps import nme
+from deid.methods.stage1.inference import load_run_regressor
+from deid.methods.stage1.regressor import finetune_regressor
+from deid.methods.stage1.trainer import Stage1Config
+from deid.methods.teacher import load_teacher
+from optics.kit.config import load_config, save_config
+from optics.kit.progress import progress_bar
+from optics.kit.resize import resize_to
+
+__all__ = ["FrontierConfig", "SWEEP", "frontier", "plot_frontier"]
+
+log = logging.getLogger(__name__)
+
+#: The classic cameras, by family, weakest first (strengths at 128 px faces).
+SWEEP = {
+    "blur": ("blur-2", "blur-4", "blur-8", "blur-16", "blur-32"),
+    "defocus": ("defocus-0.5", "defocus-1", "defocus-2", "defocus-3"),
+    "mosaic": ("mosaic-4", "mosaic-8", "mosaic-16", "mosaic-32"),
+    "lowres": ("lowres-64", "lowres-32", "lowres-16", "lowres-8"),
+}
+
+
+@dataclass
+class FrontierConfig:
+    """What ``optics frontier`` sweeps and how.
+
+    Fields:
+        size: face side, pixels (the teacher's input size).
+        cameras: classic camera specs (default: the whole ``SWEEP``).
+        attacks: attacks of the worst case (``identity``, ``matched``, ``wiener``, ``rl``,
+            ``tv``, ``pnp``, ``ddrm``, ``inversion``).
+        finetune_steps: regressor fine-tuning steps per classic camera (0: the teacher as is).
+        stage1_config: stage-1 config file whose batch, lr_fan, seed and augmentation the
+            fine-tuning uses (empty: the defaults).
+        seed: noise, jitter and bootstrap seed.
+    """
+
+    size: int = 128
+    cameras: tuple[str, ...] = tuple(c for fam in SWEEP.values() for c in fam)
+    attacks: tuple[str, ...] = ("identity", "matched", "wiener")
+    finetune_steps: int = 150
+    stage1_config: str = ""
+    seed: int = 0
+    runs: list = field(default_factory=list)
+
+
+def _family(spec: str) -> str:
+    for fam, specs in SWEEP.items():
+        if spec in specs or spec.startswith(fam + "-"):
+            return fam
+    return "stage1 run"
+
+
+def _privacy(cam, faces_train, johns, ids, judges, clean, attacks, seed) -> dict:
+    """Re-ID with intervals per attack and judge, and the worst case."""
+    size = johns.shape[-1]
+    y = cam(johns, seed=seed + 1)
+    per = {}
+    for attack in attacks:
+        if attack == "matched":
+            seen = resize_to(y, size)
+            per[attack] = {j: reid_interval(e(seen), e(seen), ids, seed)
+                           for j, e in judges.items()}
+            continue
+        attacker = Attacker(attack, cam, AttackConfig(size=size, seed=seed))
+        attacker.prepare(faces_train)
+        with torch.no_grad():
+            x_hat = attacker.reconstruct(y)
+        per[attack] = {j: reid_interval(e(x_hat), clean[j], ids, seed) for j, e in judges.items()}
+    worst = max(((a, j) for a in per for j in per[a]), key=lambda aj: per[aj[0]][aj[1]]["value"])
+    return {"reid": per, "worst": {"attack": worst[0], "judge": worst[1],
+                                   **per[worst[0]][worst[1]]}}
+
+
+def _utility(regressor, cam, sets, shape_nme, seed) -> dict:
+    images, points = sets.images["test_jittered"], sets.points["test_jittered"]
+    y = resize_to(cam(images, seed=seed), images.shape[-1])
+    err = nme(predict_landmarks(regressor, y), points.float()).numpy()
+    r = mean_with_interval(err, sets.groups["test_jittered"], seed=seed)
+    return {"nme_jittered": r, "ratio_to_mean_shape": r["value"] / shape_nme,
+            "ratio_interval": [r["lo"] / shape_nme, r["hi"] / shape_nme]}
+
+
+def frontier(out_dir, teacher_path, root, config: FrontierConfig | None = None,
+             judges: dict | None = None, progress: bool = True) -> dict:
+    """Every camera of ``config`` (and every stage-1 run in ``config.runs``) as a frontier
+    point; writes ``frontier.json`` (after every point: a rerun skips done points),
+    ``frontier.png`` and ``frontier-config.yaml`` into ``out_dir``."""
+    cfg = config or FrontierConfig()
+    for spec in cfg.cameras:
+        check_camera_spec(spec)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "frontier-config.yaml")
+    s1 = load_config(Stage1Config, cfg.stage1_config) if cfg.stage1_config else Stage1Config()
+    teacher = load_teacher(teacher_path)
+    if teacher.config.input_size != cfg.size:
+        raise ValueError(f"the teacher takes {teacher.config.input_size} px faces, the "
+                         f"frontier runs at {cfg.size} px")
+    judges = judges or default_judges()
+    sets = load_landmark_sets(root, cfg.size, jitter_seed=cfg.seed)
+    train, _, _ = load_split(root, "train", cfg.size, landmark_key=None)
+    johns, _, ids = load_split(root, "johns", cfg.size, landmark_key=None)
+    ids = np.asarray(ids)
+    clean = {j: e(johns) for j, e in judges.items()}
+    shape = mean_shape(sets.train_points)
+    shape_err = nme(shape.expand(len(sets.images["test_jittered"]), -1, -1),
+                    sets.points["test_jittered"].float()).numpy()
+    shape_nme = float(np.nanmean(shape_err))
+    path = out / "frontier.json"
+    points = {}
+    if path.exists():
+        old = json.loads(path.read_text())
+        keys = ("size", "attacks", "finetune_steps", "stage1_config", "seed")
+        if any(old["config"].get(k) != (list(v) if isinstance(v, tuple) else v)
+               for k, v in asdict(cfg).items() if k in keys):
+            raise ValueError(f"{path} was made with another frontier config; use another --out")
+        points = old.get("points", {})
+    result = {"config": asdict(cfg), "judges": list(judges),
+              "identity_set": {"images": int(len(ids)), "identities": int(len(set(ids)))},
+              "test_faces": int(len(sets.images["test_jittered"])),
+              "mean_shape_nme_jittered": mean_with_interval(shape_err,
+                                                            sets.groups["test_jittered"]),
+              "teacher_clean": _utility(teacher, build_camera("none", cfg.size), sets,
+                                        shape_nme, cfg.seed),
+              "reid_baselines": baseline_rows(johns, ids, cfg.seed), "points": points}
+    todo = [(spec, None) for spec in cfg.cameras] + [(str(r), r) for r in cfg.runs]
+    bar = progress_bar(todo, desc="frontier", unit="camera", disable=not progress)
+    for spec, run in bar:
+        if spec in points:
+            continue
+        cam = build_camera(spec, cfg.size)
+        if run is None:
+            steps = cfg.finetune_steps
+            regressor = teacher if steps == 0 else finetune_regressor(
+                lambda x, g, c=cam: c.forward(x, g), teacher, train, s1, steps=steps)
+        else:
+            regressor = load_run_regressor(run)
+        point = {"family": _family(spec) if run is None else "stage1 run",
+                 "description": cam.description,
+                 "regressor": "teacher fine-tuned behind the camera" if run is None and
+                 cfg.finetune_steps else ("the run's U" if run else "teacher as is")}
+        point.update(_utility(regressor, cam, sets, shape_nme, cfg.seed))
+        point.update(_privacy(cam, train, johns, ids, judges, clean, cfg.attacks, cfg.seed))
+        points[spec] = point
+        log.info("%s: NME ratio %.3f, worst re-ID %.2f (%s, %s)", spec,
+                 point["ratio_to_mean_shape"], point["worst"]["value"],
+                 point["worst"]["attack"], point["worst"]["judge"])
+        path.write_text(json.dumps(result, indent=1) + "\n")
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    plot_frontier(result, out / "frontier.png")
+    return result
+
+
+_STYLE = {"blur": ("tab:blue", "o"), "defocus": ("tab:orange", "s"),
+          "mosaic": ("tab:green", "^"), "lowres": ("tab:purple", "D"),
+          "stage1 run": ("tab:red", "*")}
+
+
+def plot_frontier(result: dict, path) -> Path:
+    """x: jittered NME / mean shape; y: worst-case re-ID top-1; 95% intervals on both."""
+    fig = Figure(figsize=(7.5, 5.2))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    by_family: dict = {}
+    for spec, p in result["points"].items():
+        by_family.setdefault(p["family"], []).append((spec, p))
+    for fam, pts in by_family.items():
+        colour, marker = _STYLE.get(fam, ("black", "x"))
+        pts = sorted(pts, key=lambda sp: sp[1]["ratio_to_mean_shape"])
+        xs = [p["ratio_to_mean_shape"] for _, p in pts]
+        ys = [p["worst"]["value"] for _, p in pts]
+        xerr = [[x - p["ratio_interval"][0] for x, (_, p) in zip(xs, pts, strict=True)],
+                [p["ratio_interval"][1] - x for x, (_, p) in zip(xs, pts, strict=True)]]
+        yerr = [[y - p["worst"]["lo"] for y, (_, p) in zip(ys, pts, strict=True)],
+                [p["worst"]["hi"] - y for y, (_, p) in zip(ys, pts, strict=True)]]
+        ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, color=colour, marker=marker,
+                    linestyle="-" if fam != "stage1 run" else "none", capsize=2,
+                    markersize=9 if fam == "stage1 run" else 5, label=fam)
+        for (spec, _), x, y in zip(pts, xs, ys, strict=True):
+            ax.annotate(Path(spec).name, (x, y), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+    base = result["reid_baselines"]
+    ax.axhline(base["chance"]["value"], color="grey", linestyle=":", label="chance")
+    ax.axhline(base["colour_floor_mean_rgb"]["value"], color="grey", linestyle="--",
+               label="colour floor (mean RGB)")
+    ax.axvline(1.0, color="black", linewidth=0.6)
+    ax.axvline(0.5, color="black", linewidth=0.6, linestyle="--")
+    ax.text(1.0, 1.02, " mean shape", fontsize=7, transform=ax.get_xaxis_transform())
+    ax.text(0.5, 1.02, " 0.5x", fontsize=7, transform=ax.get_xaxis_transform())
+    ident = result["identity_set"]
+    ax.set_xlabel(f"landmark NME on {result['test_faces']} jittered test faces / mean shape "
+                  "(lower: more useful)")
+    ax.set_ylabel(f"worst-case re-ID top-1 over attacks and judges\n({ident['images']} images, "
+                  f"{ident['identities']} identities; lower: more private)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    return path
