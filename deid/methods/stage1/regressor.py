@@ -36,8 +36,8 @@ def finetune_regressor(camera: CameraFn, teacher: torch.nn.Module, train_images:
     ``|U(camera(x)) - U*(x)|`` with the stage-1 config's batch size, ``lr_fan``, seed and
     augmentation; returns it in eval mode. Deterministic for a seed (CPU)."""
     device = next(teacher.parameters()).device
-    teacher = teacher.eval().requires_grad_(False)
     student = copy.deepcopy(teacher).train().requires_grad_(True)
+    teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
     opt = torch.optim.Adam(student.parameters(), lr=cfg.lr_fan)
     size = student.config.input_size
     steps = cfg.steps if steps is None else steps
