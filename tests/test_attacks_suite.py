@@ -168,7 +168,7 @@ def _attack(tmp_path, method, camera="blur-4", extra=()):
 def test_optics_attack_wiener_writes_images_grid_and_json(tmp_path):
     out, res = _attack(tmp_path, "wiener")
     m = res["metrics"]
-    assert res["camera"] == "blur-4" and res["reid_chance"] == pytest.approx(0.2)
+    assert res["camera"] == "blur-4" and 0 < res["reid_chance"] <= 0.2  # 5+ identities
     assert 10 < m["psnr_db"] < 60 and 0 < m["ssim"] <= 1 and 0 <= m["reid_top1"] <= 1
     assert len(list((out / "recovered").glob("*.png"))) == res["n_images"]
     assert (out / "grid.png").stat().st_size > 1000

@@ -7,7 +7,9 @@ import pytest
 import torch
 from scipy.signal import fftconvolve
 
+import optics.imaging as imaging
 from optics.imaging import (
+    IMAGE_BOUNDARIES,
     SensorModel,
     add_noise,
     apply_response,
@@ -373,3 +375,218 @@ def test_replicate_boundary_keeps_flat_fields_flat_and_matches_edge_padding():
     # a kernel larger than the image
     big = torch.ones(3, 31, 31, dtype=torch.float64) / 31**2
     torch.testing.assert_close(convolve(flat, big, "replicate"), flat)
+
+
+# --------------------------------------------------------------------------------------------
+# the fast path (hand-written FFT backward, chunks, cached kernel spectra) against a reference
+# --------------------------------------------------------------------------------------------
+
+
+def _reference_blur(x, psf, boundary):
+    """Straightforward autograd reference of ``convolve``: pad, then a per-channel
+    ``conv2d`` with the flipped kernel (a correlation), batched PSFs one image at a time.
+
+    ``y[i] = sum_u psf[u] x[i - (u - K//2)]`` needs ``K - 1 - K//2`` pixels before and
+    ``K//2`` after the image. ``"replicate"`` keeps this module's long-standing convention:
+    edge padding by ``K//2`` before and ``K - 1 - K//2`` after, zeros further out (for an even
+    K that is one edge pixel fewer after the image than the kernel reaches).
+    """
+    b, c, h, w = x.shape
+    kh, kw = psf.shape[-2:]
+    ch, cw = kh // 2, kw // 2
+    reach = (kw - 1 - cw, cw, kh - 1 - ch, ch)  # left, right, top, bottom
+    if boundary == "circular":  # periodic extension by index (kernels may exceed the image)
+        ih = torch.arange(-reach[2], h + reach[3]) % h
+        iw = torch.arange(-reach[0], w + reach[1]) % w
+        xp = x[:, :, ih[:, None], iw[None, :]]
+    elif boundary == "replicate":
+        xp = torch.nn.functional.pad(x, (cw, kw - 1 - cw, ch, kh - 1 - ch), mode="replicate")
+        # shift the edge-padded image into the zero-padded frame of the linear convolution
+        xp = torch.nn.functional.pad(xp, (reach[0] - cw, reach[1] - (kw - 1 - cw),
+                                          reach[2] - ch, reach[3] - (kh - 1 - ch)))
+    else:
+        xp = torch.nn.functional.pad(x, reach)
+    psfs = psf.expand(b, c, kh, kw)
+    out = [torch.nn.functional.conv2d(xp[i:i + 1], psfs[i].flip(-2, -1)[:, None], groups=c)
+           for i in range(b)]
+    return torch.cat(out)
+
+
+_CASES = [
+    # boundary, (h, w), (kh, kw), psf batch: None (shared), 1 or "B"
+    ("linear", (12, 10), (5, 5), None),
+    ("linear", (9, 14), (4, 6), "B"),
+    ("linear", (8, 8), (3, 8), 1),
+    ("circular", (10, 7), (4, 4), None),
+    ("circular", (6, 5), (9, 3), "B"),  # a kernel taller than the image wraps
+    ("replicate", (11, 9), (5, 3), None),
+    ("replicate", (10, 12), (6, 4), "B"),
+    ("replicate", (7, 8), (2, 7), 1),
+    ("replicate", (6, 6), (13, 10), None),  # a kernel larger than the image
+]
+
+
+def _case(boundary, hw, khw, pb, b=3, c=2, dtype=torch.float64, seed=0):
+    x = _rand(b, c, *hw, seed=seed, dtype=dtype)
+    shape = (c, *khw) if pb is None else ((b if pb == "B" else 1), c, *khw)
+    return x, _rand(*shape, seed=seed + 1, dtype=dtype)
+
+
+@pytest.mark.parametrize(("boundary", "hw", "khw", "pb"), _CASES)
+@pytest.mark.parametrize("chunk_bytes", [None, 1])  # one chunk, or one image per chunk
+def test_convolve_and_gradients_match_reference(boundary, hw, khw, pb, chunk_bytes,
+                                                 monkeypatch):
+    if chunk_bytes is not None:
+        monkeypatch.setattr(imaging, "_CPU_CHUNK_BYTES", chunk_bytes)
+    x, psf = _case(boundary, hw, khw, pb)
+    x.requires_grad_()
+    psf.requires_grad_()
+    y = convolve(x, psf, boundary)
+    ref = _reference_blur(x, psf, boundary)
+    torch.testing.assert_close(y, ref, rtol=0, atol=1e-12)
+    w = _rand(*y.shape, seed=7)
+    gx, gp = torch.autograd.grad((y * w).sum(), (x, psf))
+    rx, rp = torch.autograd.grad((ref * w).sum(), (x, psf))
+    torch.testing.assert_close(gx, rx, rtol=0, atol=1e-11)
+    torch.testing.assert_close(gp, rp, rtol=0, atol=1e-11)
+    # gradient to one input only (the other branch of the backward is skipped)
+    (gp_only,) = torch.autograd.grad((convolve(x.detach(), psf, boundary) * w).sum(), (psf,))
+    (gx_only,) = torch.autograd.grad((convolve(x, psf.detach(), boundary) * w).sum(), (x,))
+    torch.testing.assert_close(gp_only, rp, rtol=0, atol=1e-11)
+    torch.testing.assert_close(gx_only, rx, rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize(("boundary", "hw", "khw", "pb"), _CASES[::2])
+def test_convolve_float32_matches_reference(boundary, hw, khw, pb):
+    x, psf = _case(boundary, hw, khw, pb, dtype=torch.float32, seed=3)
+    y = convolve(x, psf, boundary)
+    assert y.dtype == torch.float32
+    ref = _reference_blur(x.double(), psf.double(), boundary)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("boundary", IMAGE_BOUNDARIES)
+@pytest.mark.parametrize("binning", [1, 2])
+def test_form_image_gradcheck(boundary, binning, monkeypatch):
+    monkeypatch.setattr(imaging, "_CPU_CHUNK_BYTES", 1)  # several chunks
+    x = _rand(2, 2, 6, 8, seed=1).requires_grad_()
+    psf = _rand(2, 2, 4, 3, seed=2).requires_grad_()
+    s = SensorModel(boundary=boundary, binning=binning, response="gamma")
+    assert torch.autograd.gradcheck(lambda a, b: form_image(a + 0.5, b, s, noise=False),
+                                    (x, psf))
+
+
+@pytest.mark.parametrize("boundary", IMAGE_BOUNDARIES)
+def test_fused_binning_equals_bin_sensor_of_convolve(boundary, monkeypatch):
+    monkeypatch.setattr(imaging, "_CPU_CHUNK_BYTES", 4000)
+    x = _rand(4, 3, 24, 16, seed=5, dtype=torch.float32)
+    psf = _rand(3, 6, 6, seed=6, dtype=torch.float32)
+    s = SensorModel(boundary=boundary, binning=4, bit_depth=8)
+    y = form_image(x, psf / psf.sum(), s, noise=False)
+    assert torch.equal(y, quantize(bin_sensor(convolve(x, psf / psf.sum(), boundary), 4), 8))
+
+
+def test_kernel_spectrum_is_cached_and_follows_the_psf():
+    imaging._clear_spectrum_cache()
+    x = _rand(2, 3, 16, 16)
+    psf = _rand(3, 5, 5, seed=1)
+    y0 = convolve(x, psf, "replicate")
+    assert len(imaging._spectrum_cache) == 1
+    spec = imaging._spectrum_cache[0][2]
+    torch.testing.assert_close(convolve(x, psf, "replicate"), y0, rtol=0, atol=0)
+    assert len(imaging._spectrum_cache) == 1 and imaging._spectrum_cache[0][2] is spec  # reused
+    with torch.no_grad():
+        psf[1, 2, 2] += 1.0  # in place: seen
+    ref = _reference_blur(x, psf, "replicate")
+    torch.testing.assert_close(convolve(x, psf, "replicate"), ref, rtol=0, atol=1e-12)
+    psf.data.mul_(2.0)  # behind autograd's back (no version bump): still seen
+    torch.testing.assert_close(convolve(x, psf, "replicate"),
+                               _reference_blur(x, psf, "replicate"), rtol=0, atol=1e-12)
+    other = _rand(3, 5, 5, seed=9)  # same shape, other values
+    torch.testing.assert_close(convolve(x, other, "replicate"),
+                               _reference_blur(x, other, "replicate"), rtol=0, atol=1e-12)
+    assert len(imaging._spectrum_cache) <= imaging._SPECTRUM_CACHE_SIZE
+    # a PSF that needs a gradient is never served from the cache, and receives its gradient
+    n = len(imaging._spectrum_cache)
+    p = psf.clone().requires_grad_()
+    convolve(x, p, "replicate").sum().backward()
+    assert len(imaging._spectrum_cache) == n and p.grad is not None and p.grad.abs().sum() > 0
+    # ... but under no_grad it is (same values as psf: a cache hit, bit for bit)
+    with torch.no_grad():
+        torch.testing.assert_close(convolve(x, p, "replicate"), convolve(x, psf, "replicate"),
+                                   rtol=0, atol=0)
+    assert len(imaging._spectrum_cache) == n
+    # a cached spectrum serves an image that needs a gradient
+    xg = x.clone().requires_grad_()
+    convolve(xg, psf, "linear").sum().backward()
+    convolve(xg, psf, "linear").sum().backward()
+    (rx,) = torch.autograd.grad(_reference_blur(xg, psf, "linear").sum(), (xg,))
+    torch.testing.assert_close(xg.grad, 2 * rx, rtol=0, atol=1e-11)
+    imaging._clear_spectrum_cache()
+    assert imaging._spectrum_cache == []
+
+
+def test_inference_mode_does_not_cache():
+    imaging._clear_spectrum_cache()
+    x = _rand(1, 2, 8, 8)
+    psf = _rand(2, 3, 3, seed=2)
+    with torch.inference_mode():
+        y = convolve(x, psf)
+    assert imaging._spectrum_cache == []
+    torch.testing.assert_close(y, _reference_blur(x, psf, "linear"), rtol=0, atol=1e-12)
+
+
+def test_second_derivatives_are_refused():
+    x = _rand(1, 1, 6, 6).requires_grad_()
+    psf = _rand(1, 3, 3, seed=1).requires_grad_()
+    (g,) = torch.autograd.grad(convolve(x, psf).pow(2).sum(), (psf,), create_graph=True)
+    with pytest.raises(RuntimeError):
+        g.sum().backward()
+
+
+def test_quantize_exact_codes_and_inclusive_straight_through():
+    x = torch.tensor([-0.1, 0.0, 0.3, 0.5, 1.0, 1.2, float("nan")], requires_grad=True)
+    y = quantize(x, 8)
+    codes = y.detach()[:-1] * 255
+    assert torch.equal(codes, codes.round())  # exactly k / 255, no residue of x
+    y.sum().backward()
+    # the gradient of clamp(x, 0, 1): 1 on the closed interval [0, 1], 0 outside and for NaN
+    assert torch.equal(x.grad, torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]))
+    assert quantize(torch.tensor([0, 1, 2]), 1).dtype == torch.get_default_dtype()
+
+
+def test_camera_forward_gradients_reach_psf_and_image():
+    from optics.camera import Camera
+    from optics.presets import get_preset
+
+    cam = Camera(get_preset("lopez2024").at_image_size(64))
+    with torch.no_grad():
+        h = cam.psf()
+    psf = h.clone().requires_grad_()
+    x = _rand(2, 3, 64, 64, dtype=torch.float32).requires_grad_()
+    y = cam(x, psf=psf, generator=torch.Generator().manual_seed(0))
+    assert y.shape == (2, 3, 64, 64)
+    y.mean().backward()
+    assert psf.grad.abs().sum() > 0 and x.grad.abs().sum() > 0
+    cam(x.detach(), generator=torch.Generator().manual_seed(0)).mean().backward()
+    assert cam.trainable_um.grad.abs().sum() > 0
+
+
+def test_spectrum_cache_is_bounded_in_bytes(monkeypatch):
+    imaging._clear_spectrum_cache()
+    x = _rand(1, 2, 16, 16)
+    psfs = [_rand(2, 3, 3, seed=s) for s in range(3)]
+    for p in psfs:
+        convolve(x, p)
+    entry = sum(t.numel() * t.element_size() for t in imaging._spectrum_cache[0][1:])
+    imaging._clear_spectrum_cache()
+    monkeypatch.setattr(imaging, "_SPECTRUM_CACHE_BYTES", 2 * entry + 1)  # room for two
+    for p in psfs:
+        torch.testing.assert_close(convolve(x, p), _reference_blur(x, p, "linear"),
+                                   rtol=0, atol=1e-12)
+    assert len(imaging._spectrum_cache) == 2  # the oldest was evicted
+    assert all(torch.equal(e[1], p) for e, p in zip(imaging._spectrum_cache, psfs[1:], strict=True))
+    monkeypatch.setattr(imaging, "_SPECTRUM_CACHE_BYTES", entry)  # an entry over half: skipped
+    imaging._clear_spectrum_cache()
+    convolve(x, psfs[0])
+    assert imaging._spectrum_cache == []
