@@ -90,11 +90,9 @@ def _fft_grid(boundary: str, h: int, w: int, kh: int, kw: int):
     - ``"replicate"``: the image edge-padded by ``K//2`` pixels before it; output pixel ``i``
       reads padded pixels ``i + 2 (K//2) - u`` for ``u < K``, all below ``h + 2 (K//2) <= n``,
       so nothing wraps around, and padding on up to the grid (instead of with zeros) changes
-      no output pixel. For an even ``K`` the last of them, padded pixel ``h + K - 1``, is
-      taken as 0 (see :func:`_convolve`): the scene continued by its edge values up to
-      ``K//2 - 1`` pixels past the bottom/right border and dark one pixel further, which is
-      what this module has always computed (the previous implementation edge-padded by
-      ``K//2`` before and ``K - 1 - K//2`` after the image).
+      no output pixel. For an even ``K`` that is ``K//2`` edge pixels past the bottom/right
+      border too (before 2026-12-07 the last of them was taken as 0, a dark row and column
+      that darkened a flat field's last row and column).
     """
     ch, cw = kh // 2, kw // 2
     if boundary == "circular":
@@ -296,10 +294,6 @@ def _convolve(x: torch.Tensor, psf: torch.Tensor, boundary: str, binning: int) -
     xw = xb.to(work)
     if pad is not None:  # one copy: the edge-padded image fills the whole FFT grid
         xw = F.pad(xw, pad, mode="replicate")
-        if kh % 2 == 0:  # even kernels: the one padded row/column past K - 1 - K//2 is dark
-            xw[..., h + kh - 1, :] = 0.0
-        if kw % 2 == 0:
-            xw[..., :, w + kw - 1] = 0.0
     kern, kspec = _kernel_spectrum(psf, nh, nw, shift, work)
     fused = binning if work == out_dtype else 1  # else bin after the cast, as bin_sensor does
     y = _GridConvolution.apply(xw, kern, kspec, (nh, nw), (h, w), fused)

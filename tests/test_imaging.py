@@ -387,9 +387,7 @@ def _reference_blur(x, psf, boundary):
     ``conv2d`` with the flipped kernel (a correlation), batched PSFs one image at a time.
 
     ``y[i] = sum_u psf[u] x[i - (u - K//2)]`` needs ``K - 1 - K//2`` pixels before and
-    ``K//2`` after the image. ``"replicate"`` keeps this module's long-standing convention:
-    edge padding by ``K//2`` before and ``K - 1 - K//2`` after, zeros further out (for an even
-    K that is one edge pixel fewer after the image than the kernel reaches).
+    ``K//2`` after the image; ``"replicate"`` fills exactly those with edge values.
     """
     b, c, h, w = x.shape
     kh, kw = psf.shape[-2:]
@@ -400,10 +398,7 @@ def _reference_blur(x, psf, boundary):
         iw = torch.arange(-reach[0], w + reach[1]) % w
         xp = x[:, :, ih[:, None], iw[None, :]]
     elif boundary == "replicate":
-        xp = torch.nn.functional.pad(x, (cw, kw - 1 - cw, ch, kh - 1 - ch), mode="replicate")
-        # shift the edge-padded image into the zero-padded frame of the linear convolution
-        xp = torch.nn.functional.pad(xp, (reach[0] - cw, reach[1] - (kw - 1 - cw),
-                                          reach[2] - ch, reach[3] - (kh - 1 - ch)))
+        xp = torch.nn.functional.pad(x, reach, mode="replicate")
     else:
         xp = torch.nn.functional.pad(x, reach)
     psfs = psf.expand(b, c, kh, kw)
@@ -590,3 +585,14 @@ def test_spectrum_cache_is_bounded_in_bytes(monkeypatch):
     imaging._clear_spectrum_cache()
     convolve(x, psfs[0])
     assert imaging._spectrum_cache == []
+
+
+@pytest.mark.parametrize("k", [4, 5, 8, 9])
+def test_replicate_keeps_a_flat_field_flat(k):
+    """A uniform scene seen through any normalised PSF is uniform to the last row and column
+    (an even kernel once read one dark row and column past the edge)."""
+    x = torch.full((1, 3, 20, 17), 0.7, dtype=torch.float64)
+    psf = torch.rand(3, k, k, dtype=torch.float64)
+    psf = psf / psf.sum(dim=(-2, -1), keepdim=True)
+    y = convolve(x, psf, boundary="replicate")
+    torch.testing.assert_close(y, x, atol=1e-12, rtol=0)
