@@ -224,6 +224,9 @@ def test_report_on_the_demo_corpus(tmp_path):
                 ci = r[k]
                 assert 0 <= ci["lo"] <= ci["value"] <= ci["hi"] <= 1, (name, j, k, ci)
                 assert ci["n"] == ident["images"] and ci["n_groups"] == ident["identities"]
+            ver = r["verification_clean_gallery"]
+            assert 0 <= ver["auc"]["value"] <= 1 and 0 <= ver["tar"]["value"] <= 1
+            assert ver["n_identities"] == ident["identities"]
         if name != "clean":
             assert 0 < c["psnr_db"] < 40 and 0 < c["judges"]["dlib"]["distance_to_clean"]["value"]
             assert 0 <= c["judges"]["dlib"]["reid_after_wiener"]["value"] <= 1

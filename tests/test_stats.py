@@ -90,3 +90,13 @@ def test_reid_hits_match_top1():
     e = rng.normal(size=(20, 8)) + 3 * np.eye(8)[ids]
     hits = reid_hits(e, ids, e, ids, leave_one_out=True)
     assert hits.shape == (20,) and hits.mean() == reid_top1(e, ids, e, ids, leave_one_out=True)
+
+
+def test_cross_verification_uses_every_off_diagonal_pair():
+    ids = np.repeat(np.arange(3), 2)
+    s = np.random.default_rng(0).random((6, 6))
+    g, i = pair_scores(s, ids, cross=True)
+    assert len(g) == 6 and len(i) == 24  # ordered pairs: 3 ids x 2 x 1, and 6 x 4
+    same = ids[:, None] == ids[None, :]
+    v = verification(np.where(same, 1.0, 0.0) + np.eye(6) * -5, ids, n_boot=50, cross=True)
+    assert v["auc"]["value"] == 1.0 and v["genuine_pairs"] == 6

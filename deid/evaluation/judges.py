@@ -13,7 +13,7 @@ from deid.judges.dlib import DlibFaceEmbedder
 from deid.judges.dlib import distance as dlib_distance
 from deid.judges.heldout import load_judge
 
-__all__ = ["JUDGE_NAMES", "default_judges", "judge_distance"]
+__all__ = ["JUDGE_NAMES", "default_judges", "judge_distance", "judge_similarity"]
 
 
 #: The identity judges of every report, in order: dlib first (the twin's original).
@@ -38,3 +38,15 @@ def judge_distance(name: str, a, b) -> np.ndarray:
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
     return 1 - (a * b).sum(axis=1)
+
+
+def judge_similarity(name: str, a, b) -> np.ndarray:
+    """``(N, M)`` similarity of every row of ``a`` with every row of ``b`` in a judge's own
+    metric (higher: more alike): minus the Euclidean distance for dlib, the cosine for the
+    others."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if name == "dlib":
+        return -np.linalg.norm(a[:, None, :] - b[None, :, :], axis=-1)
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return a @ b.T

@@ -10,9 +10,11 @@ three human-labelled faces (a sanity row), for the mean-shape constant, the clea
 of the trained camera; each as a ratio to the mean shape.
 
 **Privacy** (``cameras``), per camera and per identity judge (``judges``, dlib's ResNet first):
-the judge's distance between ``e(y)`` and ``e(x)`` on the test faces, and leave-one-out
-re-identification top-1 with intervals on the identity split against a clean gallery, against a
-gallery through the same camera (matched), and after the cheapest strong attack (a Wiener
+the judge's distance between ``e(y)`` and ``e(x)`` on the test faces, verification of camera
+images against clean photos (ROC AUC, and the true-accept rate at the impostor-max threshold,
+the Private-Encoder protocol), and leave-one-out re-identification top-1 with intervals on the
+identity split against a clean gallery, against a gallery through the same camera (matched),
+and after the cheapest strong attack (a Wiener
 filter with the camera's PSF, its balance tuned on the attacker's own faces); the worst case
 over judges; PSNR and SSIM of ``y``. ``reid_baselines`` holds the chance and colour-floor rows.
 ``optics privacy-report --run RUN`` runs every attack.
@@ -28,9 +30,9 @@ import torch
 from deid.attacks.attacker import AttackConfig, Attacker
 from deid.attacks.cameras import AttackCamera, build_camera, optical_camera
 from deid.evaluation.judge import Judge, run_attack
-from deid.evaluation.judges import default_judges, judge_distance
+from deid.evaluation.judges import default_judges, judge_distance, judge_similarity
 from deid.evaluation.reid_table import baseline_rows, reid_interval, worst_over_judges
-from deid.evaluation.stats import mean_with_interval
+from deid.evaluation.stats import mean_with_interval, verification
 from deid.evaluation.utility import load_landmark_sets, nme_table, predict_landmarks
 from deid.faces.corpus import FaceSets, load_split
 from deid.judges.quality import psnr, ssim
@@ -167,6 +169,8 @@ def stage1_report(trainer, root, judges: dict | None = None) -> dict:
                 "distance_to_clean": mean_with_interval(d),
                 "reid_clean_gallery": reid_interval(e_y, clean_johns[j], ids, cfg.seed),
                 "reid_matched_gallery": reid_interval(e_y, e_y, ids, cfg.seed),
+                "verification_clean_gallery": verification(
+                    judge_similarity(j, e_y, clean_johns[j]), ids, seed=cfg.seed, cross=True),
             }
             if recon is not None:
                 per_judge[j]["reid_after_wiener"] = reid_interval(embed(recon), clean_johns[j],

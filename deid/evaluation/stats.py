@@ -108,13 +108,18 @@ def roc_auc(genuine, impostor) -> float:
     return float(u / (len(gs) * len(im)))
 
 
-def pair_scores(similarity: np.ndarray, ids, index=None) -> tuple[np.ndarray, np.ndarray]:
-    """Genuine and impostor scores of all pairs ``i < j`` of a ``(N, N)`` similarity matrix.
-    ``index`` (one image id per row, e.g. from a bootstrap sample) drops pairs of an image
-    with a copy of itself."""
+def pair_scores(similarity: np.ndarray, ids, index=None,
+                cross: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Genuine and impostor scores of all pairs ``i < j`` of a symmetric ``(N, N)``
+    similarity matrix, or of all pairs ``i != j`` with ``cross`` (probe ``i`` against gallery
+    ``j``, e.g. a camera image against clean photos). ``index`` (one image id per row, e.g.
+    from a bootstrap sample) drops pairs of an image with a copy of itself."""
     s = np.asarray(similarity, float)
     ids = np.asarray(ids)
-    iu, ju = np.triu_indices(len(ids), k=1)
+    if cross:
+        iu, ju = np.nonzero(~np.eye(len(ids), dtype=bool))
+    else:
+        iu, ju = np.triu_indices(len(ids), k=1)
     keep = np.ones(len(iu), bool) if index is None else \
         np.asarray(index)[iu] != np.asarray(index)[ju]
     same = (ids[iu] == ids[ju]) & keep
@@ -129,14 +134,14 @@ def _tar_at_impostor_max(genuine, impostor) -> float:
 
 
 def verification(similarity, ids, n_boot: int = N_BOOT, seed: int = 0,
-                 threshold: float | None = None) -> dict:
+                 threshold: float | None = None, cross: bool = False) -> dict:
     """ROC AUC and TAR at the impostor-max threshold of a ``(N, N)`` similarity matrix over
     images with identities ``ids``, each with a two-level bootstrap interval.
 
     ``threshold``: a fixed threshold (e.g. the impostor max of a held-out set) instead of
-    this set's own impostor max."""
+    this set's own impostor max; ``cross``: see :func:`pair_scores`."""
     s, ids = np.asarray(similarity, float), np.asarray(ids)
-    gen, imp = pair_scores(s, ids)
+    gen, imp = pair_scores(s, ids, cross=cross)
 
     def tar(g, i):
         return _tar_at_impostor_max(g, i) if threshold is None else \
@@ -144,7 +149,7 @@ def verification(similarity, ids, n_boot: int = N_BOOT, seed: int = 0,
 
     def stat(kind):
         def f(idx):
-            g, i = pair_scores(s[np.ix_(idx, idx)], ids[idx], index=idx)
+            g, i = pair_scores(s[np.ix_(idx, idx)], ids[idx], index=idx, cross=cross)
             return roc_auc(g, i) if kind == "auc" else tar(g, i)
         return f
 
