@@ -248,6 +248,8 @@ def test_report_on_the_demo_corpus(tmp_path):
     base = rep["reid_baselines"]
     assert base["chance"]["value"] == pytest.approx(1 / ident["identities"])
     assert 0 <= base["colour_floor_mean_rgb"]["value"] <= 1
+    md = (out / "report.md").read_text()
+    assert "| mean_shape |" in md and "| learned |" in md and "**worst**" in md
     assert set(rep["goals"]) == {"regressor_jittered_nme_at_most_half_the_mean_shape",
                                  "dlib_distance_above_0.6",
                                  "clean_gallery_reid_interval_reaches_chance"}

