@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -55,11 +56,15 @@ def test_frontier_on_the_demo_corpus(tmp_path, capsys):
         w = p["worst"]
         assert 0 <= w["lo"] <= w["value"] <= w["hi"] <= 1
         assert w["attack"] in ("identity", "matched", "wiener") and w["judge"] in res["judges"]
-        assert p["family"] in ("blur", "lowres") and p["nme_jittered"]["n"] > 0
+        assert p["family"] in ("blur", "lowres")
+        # (a random teacher's landmarks can collapse: then no face has a finite NME)
+        assert p["nme_jittered"]["n"] > 0 or math.isnan(p["nme_jittered"]["value"])
     assert (out / "frontier.png").stat().st_size > 10_000
     # a rerun skips what is done; another config is refused in one line
     assert optics_main(args) == 0
     capsys.readouterr()
-    assert optics_main(args[:-2] + ["--finetune-steps", "3", "--quiet"]) == 2
+    other = [a if a != "2" else "3" for a in args]  # --finetune-steps 3
+    assert optics_main(other) == 2
     assert "another frontier config" in capsys.readouterr().err
-    assert optics_main(["frontier", "--out", str(out), "--cameras", "blur-x"]) == 2
+    assert optics_main(["frontier", "--out", str(out), "--teacher", str(teacher),
+                        "--cameras", "blur-x"]) == 2

@@ -74,6 +74,8 @@ def cmd_frontier(args) -> int:
     if args.finetune_steps is not None:
         cfg = dataclasses.replace(cfg, finetune_steps=args.finetune_steps)
     cfg = dataclasses.replace(cfg, runs=[str(r) for r in args.run or []])
+    for spec in cfg.cameras:  # bad names fail in one line before any teacher is trained
+        check_camera_spec(spec)
     unknown = [a for a in cfg.attacks if a not in METHODS]
     if unknown:
         raise ValueError(f"unknown attack {unknown[0]!r}; methods: {', '.join(METHODS)}")
