@@ -98,6 +98,7 @@ class SourceImage:
     xml_faces: list = field(default_factory=list)    # [{"box", "points"}] from a dlib XML
     human: list = field(default_factory=list)        # [(68, 2)] human annotations
     priority: int = 0                # lower wins duplicates (source, then member order)
+    upsample: tuple[int, ...] | None = None   # detector levels; None: by the image's size
 
 
 def _identity_for(member, path: str) -> str | None:
@@ -152,23 +153,45 @@ def _images_of_source(source: Source, archive: Path, priority: int) -> list[Sour
                 human = [pts]
             out.append(SourceImage(source.requirement, source.name, path,
                                    image_from_bytes(files[path]), m.mode, m.split,
-                                   _identity_for(m, path), human=human, priority=prio))
+                                   _identity_for(m, path), human=human, priority=prio,
+                                   upsample=m.upsample))
     return out
+
+
+def _skimage_astronaut() -> tuple[str, str, np.ndarray]:
+    import skimage
+    from skimage import data
+
+    return (f"scikit-image=={skimage.__version__}", "skimage/data/astronaut.png",
+            np.asarray(data.astronaut()))
+
+
+def _matplotlib_sample(name: str) -> tuple[str, str, np.ndarray]:
+    import matplotlib
+    from matplotlib import cbook
+
+    path = Path(cbook.get_sample_data(name, asfileobj=False))
+    return (f"matplotlib=={matplotlib.__version__}", f"matplotlib/mpl-data/sample_data/{name}",
+            image_from_bytes(path.read_bytes()))
+
+
+#: Loaders of built-in members: ``(source name, member path) -> (requirement, file, image)``.
+_BUILTIN = {
+    ("skimage", "astronaut"): _skimage_astronaut,
+    ("matplotlib", "grace_hopper.jpg"): lambda: _matplotlib_sample("grace_hopper.jpg"),
+}
 
 
 def builtin_images(source: Source, priority: int = 0) -> list[SourceImage]:
     """Images of a built-in source (data of an installed package, nothing downloaded)."""
     out = []
     for mi, m in enumerate(source.members):
-        if source.name == "skimage" and m.path == "astronaut":
-            import skimage
-            from skimage import data
-
-            out.append(SourceImage(f"scikit-image=={skimage.__version__}", source.name,
-                                   "skimage/data/astronaut.png", np.asarray(data.astronaut()),
-                                   m.mode, m.split, m.identity, priority=priority * 1000 + mi))
-        else:
+        load = _BUILTIN.get((source.name, m.path))
+        if load is None:
             raise ValueError(f"unknown built-in member {source.name}:{m.path}")
+        requirement, file, image = load()
+        out.append(SourceImage(requirement, source.name, file, image, m.mode, m.split,
+                               m.identity, priority=priority * 1000 + mi, upsample=m.upsample))
     return out
 
 
@@ -269,7 +292,7 @@ def _find_faces(img: SourceImage, detector) -> list[dict]:
             faces.append({"box": lm.square_box(crop, 1 / MARGIN), "origin": "chip",
                           "score": None, "human": None, "xml": None, "crop": crop})
         return faces
-    dets = detector(img.image, upsample=_upsample_levels(w, h))
+    dets = detector(img.image, upsample=img.upsample or _upsample_levels(w, h))
     boxes = [np.asarray(d.box) for d in dets]
     for pts in img.human:
         pbox = lm.box_from_points(pts)

