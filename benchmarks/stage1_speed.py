@@ -24,12 +24,13 @@ order:
 5. ``identity``: the attack term alone (``trainer._attack_identity``): Wiener filters of a
    fixed 8-image y at every attack balance, the picked restorations through the dlib-ResNet
    twin, forward+backward to y and the PSF (needs the cached face-api weights); the clean
-   embeddings e(x) are given, as the trainer's cache gives them.
+   embeddings e(x) are given (inside the step they cost one more twin forward of 8 chips).
 
 ``--baseline DIR`` runs the same workers on another checkout (e.g. the tree before a change,
 ``git archive HEAD | tar -x -C DIR``), alternating with this one, so before and after are
 measured in the same run under the same machine load; the worker imports the package from
-that tree (this script, the harness, stays the same).
+that tree (this script, the harness, stays the same; the table's ``package`` line shows where
+each worker's ``deid`` came from).
 
 "rest" = plain - camera - FAN (optimiser, batch assembly, autograd glue). Peak memory is the
 worker's ``VmHWM`` from ``/proc/self/status`` (cross-checked with ``getrusage``
@@ -224,15 +225,17 @@ def worker(args) -> None:
         x_id = train_x[: cfg.batch_size]
         aff = trainer.chip_affines[: cfg.batch_size]
         with torch.no_grad():
-            e_x = identity_net(warp_to_chips(x_id, aff))  # as cached by the trainer
+            e_x = identity_net(warp_to_chips(x_id, aff))
             psf_id = trainer.camera.psf()
 
         def identity_fwd_bwd():
             y = y_id.clone().requires_grad_(True)
             psf = psf_id.clone().requires_grad_(True)
-            e_y = identity_net(warp_to_chips(y, aff))
-            loss = (cfg.identity_weight * identity_loss(e_y, e_x, cfg.identity_margin)
-                    + cfg.identity_spread_weight * identity_spread_loss(e_y))
+            loss = torch.zeros(())
+            if cfg.identity_weight > 0 or cfg.identity_spread_weight > 0:
+                e_y = identity_net(warp_to_chips(y, aff))
+                loss = (cfg.identity_weight * identity_loss(e_y, e_x, cfg.identity_margin)
+                        + cfg.identity_spread_weight * identity_spread_loss(e_y))
             if cfg.attack_identity_weight > 0:
                 loss = loss + cfg.attack_identity_weight * trainer._attack_identity(
                     y, psf, e_x, aff, x=x_id)
@@ -276,6 +279,7 @@ def worker(args) -> None:
     out = {
         "threads": n,
         "root": args.root,
+        "package": os.path.dirname(os.path.dirname(sys.modules["deid"].__file__)),
         "torch_threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
         "torch": torch.__version__,
@@ -330,6 +334,8 @@ def run_worker(args, n: int, root: str = ROOT) -> dict:
         sys.stderr.write(proc.stdout + proc.stderr)
         raise SystemExit(f"worker with {n} thread(s) printed no result line")
     res = json.loads(lines[-1][len(JSON_MARK):])
+    if os.path.realpath(res["package"]) != os.path.realpath(root):
+        raise SystemExit(f"the worker for {root} imported deid from {res['package']}")
     res["load_before"], res["load_after"] = load0, loadavg()
     res["cpus_busy_pct"] = (100 * (stat1[0] - stat0[0]) / (stat1[1] - stat0[1])
                             if stat0 and stat1 and stat1[1] > stat0[1] else float("nan"))
@@ -388,7 +394,7 @@ def main(args) -> None:
               f"{r['cpus_busy_pct']:.0f}% busy during the worker; RSS after imports "
               f"{r['rss_imports_mb']:.0f} MB, after set-up {r['rss_setup_mb']:.0f} MB, "
               f"ru_maxrss {r['ru_maxrss_mb']:.0f} MB; last loss {r['last_loss']:.4f} "
-              f"(attack term {r['last_attack_identity']:.4f})")
+              f"(attack term {r['last_attack_identity']:.4f}); package {r['package']}")
     print(f"- total run time {time.perf_counter() - t_start:.1f} s")
     print()
     print("| tree | threads | plain step ms | step with attack term ms | ratio "
@@ -405,13 +411,16 @@ def main(args) -> None:
               f"| {f:.1f} | {pl - c - f:.1f} | {r['vmhwm_mb']:.0f} |")
     print()
     print("| tree | threads | step IQR ms | step min ms | step CPU ms | plain IQR ms "
-          "| plain min ms | plain CPU ms | steps/s (with attack term) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| plain min ms | plain CPU ms | ratio of CPU medians | ratio of minima "
+          "| steps/s (with attack term) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         w, cpu = r["wall"], r["cpu_median_ms"]
         print(f"| {tree(r, args)} | {label(r)} | {w['step']['iqr_ms']:.1f} "
               f"| {w['step']['min_ms']:.1f} | {cpu['step']:.1f} | {w['plain']['iqr_ms']:.1f} "
-              f"| {w['plain']['min_ms']:.1f} | {cpu['plain']:.1f} | {r['steps_per_s']:.2f} |")
+              f"| {w['plain']['min_ms']:.1f} | {cpu['plain']:.1f} "
+              f"| {cpu['step'] / cpu['plain']:.2f} "
+              f"| {w['step']['min_ms'] / w['plain']['min_ms']:.2f} | {r['steps_per_s']:.2f} |")
     print()
     print("ms columns: wall-clock medians of single calls. ratio: step / plain step, both timed "
           "in the same worker. Attack term: step - plain (what the term adds to a step); "
@@ -419,7 +428,8 @@ def main(args) -> None:
           "the balances, the restorations, the twin, backward). rest = plain - camera - FAN "
           "(Adam, batch assembly, autograd glue). Peak RSS: the worker's VmHWM (includes Python "
           "+ torch). CPU ms: process CPU time (all threads); CPU > wall means the threads ran "
-          "in parallel, wall >> CPU means preemption.")
+          "in parallel, wall >> CPU means preemption; on a shared machine the ratio of the "
+          "CPU medians is the steadier one.")
 
 
 if __name__ == "__main__":
