@@ -437,8 +437,8 @@ class _FilterCrop(torch.autograd.Function):
     ``irfft2(conj(filt) rfft2(g))`` (one real FFT pair, where autograd's chain through
     ``rfft2`` takes a full complex FFT); the gradient to ``filt`` follows autograd's
     conventions for ``irfft2`` and the complex product exactly. Both directions run
-    ``chunk`` images at a time, so that the working set stays in the CPU caches; images
-    whose gradient is zero are skipped."""
+    ``chunk`` images at a time, so that the working set stays in the CPU caches; the backward
+    skips the images whose gradient is zero (the attack hinge's other pick)."""
 
     @staticmethod
     def forward(ctx, y_pad, filt, y_hat, h, w, clip, chunk):
@@ -462,38 +462,33 @@ class _FilterCrop(torch.autograd.Function):
         (nh, nw), chunk = ctx.grid, ctx.chunk
         h, w = grad.shape[-2:]
         need_y, need_f = ctx.needs_input_grad[:2]
-        grad_y = [] if need_y else None
+        if mask is not None:
+            grad = grad * mask
+        rows = grad.flatten(1).any(dim=1).nonzero().flatten()  # the images with a gradient
+        grad_y = grad.new_zeros(*grad.shape[:-2], nh, nw) if need_y else None
         grad_filt = torch.zeros_like(filt) if need_f else None
-        g = grad.new_zeros(min(chunk, grad.shape[0]), *grad.shape[1:-2], nh, nw)
-        for i in range(0, grad.shape[0], chunk):
-            gi = grad[i:i + chunk]
-            if mask is not None:
-                gi = gi * mask[i:i + chunk]
-            if not bool(gi.any()):  # no gradient reaches these images (a common case)
-                if need_y:
-                    grad_y.append(gi.new_zeros(*gi.shape[:-2], nh, nw))
-                continue
-            gz = g[:len(gi)]
-            gz[..., :h, :w] = gi
+        shared = filt.shape[0] == 1
+        filt_conj = filt.conj().resolve_conj() if shared else None
+        double = nw - (nw // 2 + 1)  # rfft columns that stand for two bins of the spectrum
+        for i in range(0, len(rows), chunk):
+            r = rows[i:i + chunk]
+            gz = grad.new_zeros(len(r), *grad.shape[1:-2], nh, nw)
+            gz[..., :h, :w] = grad[r]
             gf = torch.fft.rfft2(gz)
-            f = filt if filt.shape[0] == 1 else filt[i:i + chunk]
             if need_y:
-                grad_y.append(torch.fft.irfft2(f.conj() * gf, s=(nh, nw)))
+                f = filt_conj if shared else filt[r].conj()
+                grad_y[r] = torch.fft.irfft2(f * gf, s=(nh, nw))
             if need_f:
-                # autograd: irfft2's backward is rfft2(g) / (nh nw) with the columns that
-                # stand for two bins of the full spectrum doubled; the product's is
-                # grad * conj(y_hat)
+                # autograd's conventions: irfft2's backward is rfft2(g) / (nh nw) with the
+                # doubled columns times 2; the product's is grad * conj(y_hat)
                 gf = gf / (nh * nw)
-                double = nw - gf.shape[-1]
                 if double > 0:
                     gf[..., 1:1 + double] *= 2
-                gp = gf * y_hat[i:i + chunk].conj()
-                if filt.shape[0] == 1:
+                gp = gf * y_hat[r].conj()
+                if shared:
                     grad_filt += gp.sum(0, keepdim=True)
                 else:
-                    grad_filt[i:i + chunk] = gp
-        if need_y:
-            grad_y = torch.cat(grad_y)
+                    grad_filt[r] = gp
         return grad_y, grad_filt, None, None, None, None, None
 
 
