@@ -1,31 +1,42 @@
 #!/usr/bin/env python
-"""CPU speed and peak memory of one stage-1 training step, against its optics and network parts.
+"""CPU speed and peak memory of one stage-1 training step, with and without the attack term.
 
 For every requested thread count the script starts a fresh worker process (this script with
 ``--worker --threads N``), so thread settings and peak RSS are clean. The worker pins
 ``OMP_NUM_THREADS`` & co. to N before importing torch, calls ``torch.set_num_threads(N)``,
-builds a ``Stage1Trainer`` from ``configs/stage1-demo.yaml`` (128x128, batch 8, lopez2024,
+builds two ``Stage1Trainer`` from ``configs/stage1-demo.yaml`` (128x128, batch 8, lopez2024,
 noise and flips on) with synthetic ``torch.rand`` images and a randomly initialised FAN teacher
 (``configs/teacher-demo.yaml`` layout, width ``--width``), and times, interleaved in shuffled
 order:
 
-1. ``trainer.train_step()``: batch assembly, camera, student and teacher FAN, losses,
-   backward, Adam step (what ``optics train-stage1`` does per step, minus logging);
-2. the camera alone, as the step runs it: ``camera.psf()`` once, image formation of the 8
+1. ``step``: ``trainer.train_step()`` with the demo config, i.e. with the attack-aware
+   identity term (``attack_identity_weight`` 1): batch assembly, camera, student and teacher
+   FAN, the Wiener attack and the dlib twin, losses, backward, Adam step (what
+   ``optics train-stage1`` does per step, minus logging);
+2. ``plain``: the same step of a second trainer with ``attack_identity_weight = 0`` (no
+   identity twin); ``step / plain`` is the cost ratio of the attack term, and
+   ``step - plain`` its cost, measured in the same process;
+3. the camera alone, as the step runs it: ``camera.psf()`` once, image formation of the 8
    images one sample at a time with per-sample noise generators (the trainer's noise path),
    the optics loss ``image term + alpha1 * PSF term``, backward to the Zernike coefficients;
-3. the FAN alone: the student forward+backward on a fixed (detached) 8x3x128x128 batch and
-   the teacher forward under ``torch.no_grad``, ``alpha2 * heatmap loss``.
+4. the FAN alone: the student forward+backward on a fixed (detached) 8x3x128x128 batch and
+   the teacher forward under ``torch.no_grad``, ``alpha2 * heatmap loss``;
+5. ``identity``: the attack term alone (``trainer._attack_identity``): Wiener filters of a
+   fixed 8-image y at every attack balance, the picked restorations through the dlib-ResNet
+   twin, forward+backward to y and the PSF (needs the cached face-api weights); the clean
+   embeddings e(x) are given (inside the step they cost one more twin forward of 8 chips).
 
-4. when the config has identity terms (the demo's attack-aware term): Wiener filters of a
-   fixed 8-image y at every attack balance, the two picked restorations per face through the
-   dlib-ResNet twin, forward+backward to y and the PSF (needs the cached face-api weights).
+``--baseline DIR`` runs the same workers on another checkout (e.g. the tree before a change,
+``git archive HEAD | tar -x -C DIR``), alternating with this one, so before and after are
+measured in the same run under the same machine load; the worker imports the package from
+that tree (this script, the harness, stays the same; the table's ``package`` line shows where
+each worker's ``deid`` came from).
 
-"rest" = step - camera - FAN - identity (optimiser, batch assembly, autograd glue). Peak memory
-is the worker's ``VmHWM`` from ``/proc/self/status`` (cross-checked with ``getrusage``
+"rest" = plain - camera - FAN (optimiser, batch assembly, autograd glue). Peak memory is the
+worker's ``VmHWM`` from ``/proc/self/status`` (cross-checked with ``getrusage``
 ``ru_maxrss``); it includes the Python interpreter and torch themselves, whose share is printed
-as the RSS after the imports and after set-up (trainer, camera, images). The worker prints one
-JSON line; the parent prints the machine, the load average and a markdown table. Run with
+as the RSS after the imports and after set-up (trainers, camera, images). The worker prints one
+JSON line; the parent prints the machine, the load average and markdown tables. Run with
 ``--help`` for the options.
 """
 
@@ -67,6 +78,10 @@ def parse_args(argv=None):
                         "as the caller's environment has it, i.e. usually unset = libgomp's "
                         "spin-then-sleep, what a user gets)")
     p.add_argument("--seed", type=int, default=0, help="seed of inputs, teacher and order")
+    p.add_argument("--baseline", default=None, metavar="DIR",
+                   help="also time the package of this checkout (e.g. the tree before a "
+                        "change), alternating with the working tree, one row each")
+    p.add_argument("--root", default=ROOT, help=argparse.SUPPRESS)  # the tree a worker imports
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     try:
@@ -79,6 +94,11 @@ def parse_args(argv=None):
         p.error("--worker runs exactly one thread count")
     if args.steps < 1 or args.warmup < 0 or args.rounds < 1:
         p.error("need --steps >= 1, --warmup >= 0 and --rounds >= 1")
+    if args.baseline is not None:
+        args.baseline = os.path.abspath(args.baseline)
+        if not os.path.isfile(os.path.join(args.baseline, "deid", "methods", "stage1",
+                                           "trainer.py")):
+            p.error(f"--baseline {args.baseline} is not a privlens checkout")
     return args
 
 
@@ -117,7 +137,7 @@ def worker(args) -> None:
     import torch
 
     torch.set_num_threads(n)
-    sys.path.insert(0, ROOT)  # benchmark the working tree
+    sys.path.insert(0, args.root)  # benchmark that tree (default: the working tree)
     warnings.filterwarnings("ignore")
 
     from deid.faces.fan import FAN
@@ -153,6 +173,11 @@ def worker(args) -> None:
     tmp = tempfile.TemporaryDirectory(prefix="stage1_speed_")
     trainer = Stage1Trainer(cfg, tmp.name, DistInfo(), train_x, teacher, val_images=train_x[:8],
                             identity_net=identity_net)
+    # the same step without the attack term (nor an identity twin)
+    cfg_plain = dataclasses.replace(cfg, identity_weight=0.0, identity_spread_weight=0.0,
+                                    attack_identity_weight=0.0)
+    plain = Stage1Trainer(cfg_plain, os.path.join(tmp.name, "plain"), DistInfo(), train_x,
+                          teacher, val_images=train_x[:8])
 
     # camera alone, exactly as Stage1Model.forward + the optics loss terms run it
     cam = build_camera(cfg, torch.Generator().manual_seed(cfg.seed))
@@ -189,7 +214,8 @@ def worker(args) -> None:
             hm_t = teacher_nograd(x_fan)
         (cfg.alpha2 * heatmap_loss(hm, hm_t)).backward()
 
-    cases = {"step": trainer.train_step, "camera": camera_fwd_bwd, "fan": fan_fwd_bwd}
+    cases = {"step": trainer.train_step, "plain": plain.train_step, "camera": camera_fwd_bwd,
+             "fan": fan_fwd_bwd}
     if identity_net is not None:
         # identity terms alone: chips of a fixed camera-like y through the dlib twin (and,
         # for the attack term, through the Wiener filters first), fwd+bwd to y and the PSF
@@ -205,9 +231,11 @@ def worker(args) -> None:
         def identity_fwd_bwd():
             y = y_id.clone().requires_grad_(True)
             psf = psf_id.clone().requires_grad_(True)
-            e_y = identity_net(warp_to_chips(y, aff))
-            loss = (cfg.identity_weight * identity_loss(e_y, e_x, cfg.identity_margin)
-                    + cfg.identity_spread_weight * identity_spread_loss(e_y))
+            loss = torch.zeros(())
+            if cfg.identity_weight > 0 or cfg.identity_spread_weight > 0:
+                e_y = identity_net(warp_to_chips(y, aff))
+                loss = (cfg.identity_weight * identity_loss(e_y, e_x, cfg.identity_margin)
+                        + cfg.identity_spread_weight * identity_spread_loss(e_y))
             if cfg.attack_identity_weight > 0:
                 loss = loss + cfg.attack_identity_weight * trainer._attack_identity(
                     y, psf, e_x, aff, x=x_id)
@@ -250,6 +278,8 @@ def worker(args) -> None:
 
     out = {
         "threads": n,
+        "root": args.root,
+        "package": os.path.dirname(os.path.dirname(sys.modules["deid"].__file__)),
         "torch_threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
         "torch": torch.__version__,
@@ -278,12 +308,13 @@ def worker(args) -> None:
         "vmhwm_mb": proc_status_mb("VmHWM"),
         "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # kB
         "last_loss": last["loss"],
+        "last_attack_identity": last["attack_identity"],
     }
     print(JSON_MARK + json.dumps(out), flush=True)
 
 
 # ------------------------------------------------------------------------------ parent
-def run_worker(args, n: int) -> dict:
+def run_worker(args, n: int, root: str = ROOT) -> dict:
     env = dict(os.environ)
     for var in _PINNED:
         env[var] = str(n)
@@ -291,7 +322,7 @@ def run_worker(args, n: int) -> dict:
         env["OMP_WAIT_POLICY"] = args.wait_policy
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--threads", str(n),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--width", str(args.width),
-           "--seed", str(args.seed)]
+           "--seed", str(args.seed), "--root", root]
     load0, stat0 = loadavg(), cpu_counters()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     stat1 = cpu_counters()
@@ -303,6 +334,8 @@ def run_worker(args, n: int) -> dict:
         sys.stderr.write(proc.stdout + proc.stderr)
         raise SystemExit(f"worker with {n} thread(s) printed no result line")
     res = json.loads(lines[-1][len(JSON_MARK):])
+    if os.path.realpath(res["package"]) != os.path.realpath(root):
+        raise SystemExit(f"the worker for {root} imported deid from {res['package']}")
     res["load_before"], res["load_after"] = load0, loadavg()
     res["cpus_busy_pct"] = (100 * (stat1[0] - stat0[0]) / (stat1[1] - stat0[1])
                             if stat0 and stat1 and stat1[1] > stat0[1] else float("nan"))
@@ -315,12 +348,21 @@ def label(r: dict) -> str:
     return f"{r['threads']}" + (f" ({policy})" if policy else "")
 
 
+def tree(r: dict, args) -> str:
+    """``working tree`` or ``baseline`` (the ``--baseline`` checkout)."""
+    return "baseline" if args.baseline and r["root"] == args.baseline else "working tree"
+
+
 def main(args) -> None:
     t_start = time.perf_counter()
+    roots = [ROOT] + ([args.baseline] if args.baseline else [])
     results = []
-    for _ in range(args.rounds):
+    for k in range(args.rounds):
         for n in args.thread_list:
-            results.append(run_worker(args, n))
+            # alternate which tree goes first, so neither always runs on a cooler machine
+            for root in (roots if k % 2 == 0 else roots[::-1]):
+                results.append(run_worker(args, n, root))
+    results.sort(key=lambda r: (r["root"] != ROOT, r["threads"]))
     r0 = results[0]
     cam, fan, cfg = r0["camera_config"], r0["fan"], r0["config"]
     print("# privlens stage-1 training speed (CPU)")
@@ -337,49 +379,57 @@ def main(args) -> None:
           f"pupil, {cam['psf_size_px']} px PSF, {cam['trainable']} trainable modes")
     print(f"- FAN (student = copy of teacher): width {fan['width']}, {fan['num_modules']} "
           f"module(s), hourglass depth {fan['depth']}, {fan['params']:,} parameters")
-    print(f"- timing: one fresh process per thread count (OMP/MKL/OPENBLAS_NUM_THREADS and "
-          f"torch.set_num_threads = N, inter-op threads left at torch's default "
+    print(f"- timing: one fresh process per tree and thread count (OMP/MKL/OPENBLAS_NUM_THREADS "
+          f"and torch.set_num_threads = N, inter-op threads left at torch's default "
           f"{r0['interop_threads']}); {r0['warmup']} warm-up calls, then {r0['steps']} "
-          f"interleaved rounds (step, camera, FAN in shuffled order), time.perf_counter, "
-          f"gc off inside timed calls")
+          f"interleaved rounds (step, plain step, camera, FAN, identity in shuffled order), "
+          f"time.perf_counter, gc off inside timed calls")
+    print(f"- trees: working tree {ROOT}" + (f"; baseline {args.baseline}" if args.baseline
+                                            else ""))
     print("- OpenMP env of the workers: " + ", ".join(
         f"{v}={r0['env'].get(v) or 'unset'}" for v in _OMP_EXTRA))
     for r in results:
-        print(f"- worker {r['threads']} thread(s): load average (1/5/15 min) before "
-              f"{r['load_before']}, after {r['load_after']}; all CPUs {r['cpus_busy_pct']:.0f}% "
-              f"busy during the worker; RSS after imports {r['rss_imports_mb']:.0f} MB, "
-              f"after set-up {r['rss_setup_mb']:.0f} MB, ru_maxrss {r['ru_maxrss_mb']:.0f} MB; "
-              f"last loss {r['last_loss']:.4f}")
+        print(f"- worker {tree(r, args)}, {r['threads']} thread(s): load average (1/5/15 min) "
+              f"before {r['load_before']}, after {r['load_after']}; all CPUs "
+              f"{r['cpus_busy_pct']:.0f}% busy during the worker; RSS after imports "
+              f"{r['rss_imports_mb']:.0f} MB, after set-up {r['rss_setup_mb']:.0f} MB, "
+              f"ru_maxrss {r['ru_maxrss_mb']:.0f} MB; last loss {r['last_loss']:.4f} "
+              f"(attack term {r['last_attack_identity']:.4f}); package {r['package']}")
     print(f"- total run time {time.perf_counter() - t_start:.1f} s")
     print()
-    print("| threads | steps/s | ms/step median | peak RSS MB | camera fwd+bwd ms "
-          "| FAN fwd+bwd ms | identity fwd+bwd ms | camera share % | FAN share % "
-          "| identity share % | rest ms |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| tree | threads | plain step ms | step with attack term ms | ratio "
+          "| attack term ms (step - plain) | its share of the step % "
+          "| attack term alone fwd+bwd ms | camera ms | FAN ms | rest ms | peak RSS MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         w = r["wall"]
-        step, c, f = w["step"]["median_ms"], w["camera"]["median_ms"], w["fan"]["median_ms"]
-        i = w["identity"]["median_ms"] if "identity" in w else 0.0
-        print(f"| {label(r)} | {r['steps_per_s']:.2f} | {step:.1f} | {r['vmhwm_mb']:.0f} "
-              f"| {c:.1f} | {f:.1f} | {i:.1f} | {100 * c / step:.0f} | {100 * f / step:.0f} "
-              f"| {100 * i / step:.0f} | {step - c - f - i:.1f} |")
+        step, pl = w["step"]["median_ms"], w["plain"]["median_ms"]
+        c, f = w["camera"]["median_ms"], w["fan"]["median_ms"]
+        ident = f"{w['identity']['median_ms']:.1f}" if "identity" in w else "-"
+        print(f"| {tree(r, args)} | {label(r)} | {pl:.1f} | {step:.1f} | {step / pl:.2f} "
+              f"| {step - pl:.1f} | {100 * (step - pl) / step:.0f} | {ident} | {c:.1f} "
+              f"| {f:.1f} | {pl - c - f:.1f} | {r['vmhwm_mb']:.0f} |")
     print()
-    print("| threads | step IQR ms | step min ms | step CPU ms | camera IQR ms | camera CPU ms "
-          "| FAN IQR ms | FAN CPU ms |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| tree | threads | step IQR ms | step min ms | step CPU ms | plain IQR ms "
+          "| plain min ms | plain CPU ms | ratio of CPU medians | ratio of minima "
+          "| steps/s (with attack term) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         w, cpu = r["wall"], r["cpu_median_ms"]
-        print(f"| {label(r)} | {w['step']['iqr_ms']:.1f} | {w['step']['min_ms']:.1f} "
-              f"| {cpu['step']:.1f} | {w['camera']['iqr_ms']:.1f} | {cpu['camera']:.1f} "
-              f"| {w['fan']['iqr_ms']:.1f} | {cpu['fan']:.1f} |")
+        print(f"| {tree(r, args)} | {label(r)} | {w['step']['iqr_ms']:.1f} "
+              f"| {w['step']['min_ms']:.1f} | {cpu['step']:.1f} | {w['plain']['iqr_ms']:.1f} "
+              f"| {w['plain']['min_ms']:.1f} | {cpu['plain']:.1f} "
+              f"| {cpu['step'] / cpu['plain']:.2f} "
+              f"| {w['step']['min_ms'] / w['plain']['min_ms']:.2f} | {r['steps_per_s']:.2f} |")
     print()
-    print("steps/s: timed steps / their summed wall time. ms columns: wall-clock medians of "
-          "single calls. Peak RSS: the worker's VmHWM (includes Python + torch, see 'RSS after "
-          "imports' and 'after set-up'). Shares: part median / step median; rest = step - "
-          "camera - FAN - identity (Adam, batch assembly, autograd glue; negative when the "
-          "parts timed alone cost more than inside the step). CPU ms: process "
-          "CPU time (all threads); CPU > wall means the threads ran in parallel, wall >> CPU "
-          "means preemption.")
+    print("ms columns: wall-clock medians of single calls. ratio: step / plain step, both timed "
+          "in the same worker. Attack term: step - plain (what the term adds to a step); "
+          "'alone' times trainer._attack_identity on a fixed y with e(x) given (the search over "
+          "the balances, the restorations, the twin, backward). rest = plain - camera - FAN "
+          "(Adam, batch assembly, autograd glue). Peak RSS: the worker's VmHWM (includes Python "
+          "+ torch). CPU ms: process CPU time (all threads); CPU > wall means the threads ran "
+          "in parallel, wall >> CPU means preemption; on a shared machine the ratio of the "
+          "CPU medians is the steadier one.")
 
 
 if __name__ == "__main__":

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from deid.faces.jitter import Jitter, draw_params, jitter, move_chip_affines
 from deid.judges.dlib import DlibFaceEmbedder
-from deid.judges.identity_net import warp_to_chips
+from deid.judges.identity_twin import training_twin, twin_embed
 from deid.methods.stage1.losses import (
     heatmap_loss,
     identity_loss,
@@ -40,7 +41,7 @@ from deid.methods.stage1.plots import plot_heatmap_overlay, plot_loss_curves, pl
 from optics import figures
 from optics.camera import Camera, defocus_target_psf
 from optics.coefficients import save_coefficients
-from optics.deconv import wiener_balances
+from optics.deconv import wiener_balance_errors, wiener_restore, wiener_spectra
 from optics.kit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from optics.kit.config import save_config, to_dict
 from optics.kit.distributed import DistInfo, all_mean
@@ -219,8 +220,10 @@ class Stage1Trainer:
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         self.identity_net = identity_net
         self.chip_affines = None
+        self.twin = None
         if identity_net is not None:
             identity_net.to(self.device).eval().requires_grad_(False)
+            self.twin = training_twin(identity_net)
             # dlib's alignment of the *clean* faces: the attacker's best case, fixed per image
             self.chip_affines = torch.as_tensor(
                 DlibFaceEmbedder().chip_affines(train_images), dtype=torch.float32)
@@ -302,9 +305,9 @@ class Stage1Trainer:
         if self.identity_net is not None and affines is not None:
             a = affines.to(x.device)
             with torch.no_grad():
-                e_x = self.identity_net(warp_to_chips(x, a))
+                e_x = twin_embed(self.twin, x, a)
             if cfg.identity_weight > 0 or cfg.identity_spread_weight > 0:
-                e_y = self.identity_net(warp_to_chips(resize_to(y, x.shape[-2:]), a))
+                e_y = twin_embed(self.twin, resize_to(y, x.shape[-2:]), a)
                 ident = identity_loss(e_y, e_x, cfg.identity_margin)
                 spread = identity_spread_loss(e_y)
                 total = total + cfg.identity_weight * ident + cfg.identity_spread_weight * spread
@@ -320,34 +323,37 @@ class Stage1Trainer:
     def _attack_identity(self, y, psf, e_x, affines, x=None) -> torch.Tensor:
         """Identity hinge after the attacker's deconvolution: Wiener filters (Laplacian
         regulariser) with the camera's current PSF at every balance in ``attack_balances``
-        (one shared FFT, without autograd). Two restorations per face reach the dlib twin:
-        the balance with the best PSNR on this batch (what the attacker of the privacy
-        report picks by tuning on faces), and one balance drawn from the list at this step
-        (seeded by (seed, step), so resuming is exact), which keeps the whole range
+        (the FFTs of ``y`` and of the PSF shared by all). Two restorations per face reach the
+        dlib twin: the balance with the best PSNR on this batch (what the attacker of the
+        privacy report picks by tuning on faces), and one balance drawn from the list at this
+        step (seeded by (seed, step), so resuming is exact), which keeps the whole range
         covered. The hinge acts on the smaller of the two embedding distances,
         ``relu(attack_margin - min ||e(W_b y) - e(x)||)``.
         Gradients reach the coefficients through ``y`` and through the PSF being inverted.
-        Without ``x`` (e.g. benchmarks) the drawn balance alone is used."""
+        Without ``x`` (e.g. benchmarks) the drawn balance alone is used.
+
+        How it is computed (the same function as the straightforward one, fewer operations;
+        tests compare the two): the FFTs of ``y`` and of the PSF are computed once; the search
+        over the balances runs without autograd and forms only the observed corner of each
+        restoration (:func:`optics.deconv.wiener_balance_errors`); the restorations' backward
+        is hand-written (:func:`optics.deconv.wiener_restore`); if both picks are the same
+        balance the twin runs once; and the twin's backward runs only on the restorations
+        that carry a gradient, the nearer one of a face whose hinge is active
+        (:mod:`deid.judges.identity_twin`)."""
         y = resize_to(y, (self.train_images.shape[-2], self.train_images.shape[-1]))
         balances = self.cfg.attack_balances
         b = y.shape[0]
         draw = int(torch.randint(len(balances), (1,), generator=sample_generator(
             self.cfg.seed, self.step, -1)))
-        picks = [torch.full((b,), draw, dtype=torch.long, device=y.device)]
+        spectra = wiener_spectra(y, psf)  # with autograd, shared by every restoration below
+        picks = [draw]
         if x is not None:  # the choice needs no gradient: search the grid without autograd
-            with torch.no_grad():
-                x_all = wiener_balances(y, psf, balances)  # (R, B, C, H, W)
-                best = int((x_all - x.unsqueeze(0)).pow(2).flatten(1).mean(-1).argmin())
-            picks.insert(0, torch.full((b,), best, dtype=torch.long, device=y.device))
-        used = sorted({int(i) for p in picks for i in p})
-        x_hat = wiener_balances(y, psf, [balances[i] for i in used])  # with autograd
-        slot = {k: n for n, k in enumerate(used)}
-        rows = torch.arange(b, device=y.device)
-        chosen = torch.cat([x_hat[torch.tensor([slot[int(i)] for i in p], device=y.device), rows]
-                            for p in picks])  # (P * B, C, H, W)
-        e = self.identity_net(warp_to_chips(chosen, affines.repeat(len(picks), 1, 1)))
+            best = int(wiener_balance_errors(spectra, balances, x).argmin())
+            picks = [best] if best == draw else [best, draw]
+        x_hat = torch.cat([wiener_restore(spectra, balances[k]) for k in picks])  # (P * B, ...)
+        e = twin_embed(self.twin, x_hat, affines.repeat(len(picks), 1, 1))
         dist = (e.unflatten(0, (len(picks), b)) - e_x).norm(dim=-1)
-        return torch.nn.functional.relu(self.cfg.attack_margin - dist.min(dim=0).values).mean()
+        return F.relu(self.cfg.attack_margin - dist.min(dim=0).values).mean()
 
     def train_step(self) -> dict:
         t0 = time.perf_counter()
