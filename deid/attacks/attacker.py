@@ -18,13 +18,10 @@ it gets the same networks and parameters, so the results do not change.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -40,6 +37,7 @@ from deid.attacks.pnp import pnp
 from deid.attacks.tv import tv_deconvolution
 from deid.judges.quality import psnr
 from optics.deconv import estimate_noise_sigma, richardson_lucy, wiener
+from optics.kit.files import locked, write_text_atomic
 from optics.kit.resize import resize_to
 
 __all__ = ["METHODS", "TUNING", "AttackConfig", "Attacker", "digest", "tensor_digest",
@@ -171,8 +169,9 @@ class Attacker:
             else:
                 score = self._tune(train[: cfg.tune_faces], self._tune_y(train, cache))
                 if path is not None:
-                    _write_json(path, {"method": self.method, "camera": self.camera.name,
-                                       "params": self.params, "tuning_psnr_db": score})
+                    write_text_atomic(path, json.dumps(
+                        {"method": self.method, "camera": self.camera.name,
+                         "params": self.params, "tuning_psnr_db": score}, indent=1) + "\n")
         self.seconds_prepare = time.perf_counter() - t0
         return self
 
@@ -186,7 +185,7 @@ class Attacker:
         key = digest("face_denoiser", cfg.denoiser_steps, cfg.seed, tensor_digest(train),
                       source_digest())
         folder = store / f"face-denoiser-{key}"
-        with _locked(store / f"face-denoiser-{key}.lock"):
+        with locked(store / f"face-denoiser-{key}.lock"):
             if (folder / "denoiser.pt").exists():
                 self.loaded.append("face_denoiser")
                 return load_face_denoiser(folder)
@@ -318,22 +317,3 @@ def _checkpoint_stamp(cfg: AttackConfig) -> str:
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:40]
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive advisory lock on ``path`` (created if missing) while the block runs."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)

@@ -59,6 +59,7 @@ from deid.evaluation.reid_table import baseline_rows
 from deid.evaluation.tables import report_markdown
 from deid.faces.corpus import FaceSets, load_face_sets
 from deid.faces.corpus_builder import ensure_demo_corpus
+from optics.kit.files import locked, write_text_atomic
 from optics.kit.imageio import load_image, save_image
 from optics.kit.paths import home_subdir
 from optics.kit.progress import progress_bar
@@ -146,22 +147,25 @@ class _Pairs:
     def judge(self) -> Judge:
         if self._judge is None:
             fns = default_judges(self.judges) if self.named else self.judges
-            clean, path = None, None
-            if self.store and self.named:
-                key = digest("clean", tensor_digest(self.faces.test),
-                             tensor_digest(self.faces.johns), self.judges,
-                             source_digest(JUDGE_MODULES))
-                path = self.store / f"clean-embeddings-{key}.npz"
+            if not (self.store and self.named):
+                self._judge = Judge(self.faces, lpips=self.lpips, judges=fns,
+                                    seed=self.cfg.seed)
+                return self._judge
+            key = digest("clean", tensor_digest(self.faces.test),
+                         tensor_digest(self.faces.johns), self.judges,
+                         source_digest(JUDGE_MODULES))
+            path = self.store / f"clean-embeddings-{key}.npz"
+            with locked(self.store / f"clean-embeddings-{key}.lock"):  # one worker embeds
+                clean = None
                 if path.exists():
                     with np.load(path) as z:
                         clean = {j: z[j] for j in self.judges}
-            self._judge = Judge(self.faces, lpips=self.lpips, judges=fns, seed=self.cfg.seed,
-                                clean=clean)
-            if path is not None and clean is None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(path.stem + f".{os.getpid()}.tmp.npz")
-                np.savez(tmp, **self._judge.clean)
-                os.replace(tmp, path)
+                self._judge = Judge(self.faces, lpips=self.lpips, judges=fns,
+                                    seed=self.cfg.seed, clean=clean)
+                if clean is None:
+                    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+                    np.savez(tmp, **self._judge.clean)
+                    os.replace(tmp, path)
         return self._judge
 
     def denoiser(self) -> None:
@@ -217,7 +221,7 @@ class _Pairs:
         y0 = resize_to(y[:1], self.cfg.size)[0]
         x0 = x_hat[0] if x_hat is not None else None
         if folder is not None:
-            tmp = folder.with_name(folder.name + f".{os.getpid()}.tmp")
+            tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
             tmp.mkdir(parents=True, exist_ok=True)
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
             save_image(y0, tmp / "y0.png")
@@ -416,10 +420,8 @@ def privacy_report(out_dir, cameras=None, methods=METHODS, config: AttackConfig 
                                 "identities": int(len(np.unique(ids)))},
                "reid_chance": 1.0 / len(np.unique(ids)),
                "reid_baselines": baselines,
-               "cameras": {n: results[n] for n in names
+               "cameras": {n: results[n] for n in names  # the cameras asked for, in order
                            if results.get(n, {}).get("attacks")}}
-        rep["cameras"].update({n: v for n, v in results.items()
-                               if n not in rep["cameras"] and v.get("attacks")})
         rep["run"] = run_info
         return rep
 
@@ -435,11 +437,11 @@ def privacy_report(out_dir, cameras=None, methods=METHODS, config: AttackConfig 
     run_info["seconds"] = time.perf_counter() - t_start
     run_info["loadavg_end"] = list(os.getloadavg())
     rep = report()
-    path.write_text(json.dumps(rep, indent=1) + "\n")
+    write_text_atomic(path, json.dumps(rep, indent=1) + "\n")
     report_grid(_load_samples(out, names, config.size), faces.test, methods,
                 out / "privacy_grid.png")
     worst_case_figure(rep, out / "privacy_worst_case.png")
-    (out / "privacy_report.md").write_text(report_markdown(rep) + "\n")
+    write_text_atomic(out / "privacy_report.md", report_markdown(rep) + "\n")
     return rep
 
 
@@ -485,7 +487,7 @@ def _run(todo, cams, specs, methods, faces, config, calibration, lpips, progress
                                for j in {j for w in per_worker.values() for j in w[k]}}
             run_info["images_requested"] = sum(w["images_requested"]
                                                for w in per_worker.values())
-            path.write_text(json.dumps(report(), indent=1) + "\n")
+            write_text_atomic(path, json.dumps(report(), indent=1) + "\n")
             log.info("%s / %s: worst re-id %s", cam.name, m, metrics["worst_over_judges"])
             bar.update()
     finally:

@@ -31,6 +31,11 @@ def pct_ci(d: dict | None) -> str:
     return f"{100 * d['value']:.0f}% [{100 * d['lo']:.0f}, {100 * d['hi']:.0f}]"
 
 
+def _n(d: dict | None) -> str:
+    """``56 / 7``: the probes (images) and identities behind a re-ID figure."""
+    return f"{d['n']} / {d['n_groups']}" if d and "n" in d else "-"
+
+
 def _intro(report: dict) -> str:
     ident = report["identity_set"]
     judges = ", ".join(report["judges"])
@@ -47,25 +52,27 @@ def report_markdown(report: dict) -> str:
     rows), then every camera, attack and judge."""
     judges = report["judges"]
     lines = ["## Worst case over attacks and judges", "", _intro(report), "",
-             "| camera | worst re-ID top-1 [95% CI] | attack | judge | worst PSNR (dB) | by |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "| camera | worst re-ID top-1 [95% CI] | images / identities | attack | judge | "
+             "worst PSNR (dB) | by |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, c in report["cameras"].items():
         w = c["worst_case"]
         r = w["reid_top1"]
-        lines.append(f"| {name} | {pct_ci(r)} | {r['attack']} | {r['judge']} | "
+        lines.append(f"| {name} | {pct_ci(r)} | {_n(r)} | {r['attack']} | {r['judge']} | "
                      f"{fmt(w['psnr_db'])} | {w['psnr_attack'] or '-'} |")
     base = report["reid_baselines"]
     lines += ["", "Baselines on the clean johns images, no camera (n = "
               f"{base['chance']['n']} images, {base['chance']['n_groups']} identities):", "",
-              "| baseline | re-ID top-1 [95% CI] |", "| --- | --- |",
-              f"| chance (1 / identities) | {100 * base['chance']['value']:.0f}% |"]
+              "| baseline | re-ID top-1 [95% CI] | images / identities |", "| --- | --- | --- |",
+              f"| chance (1 / identities) | {100 * base['chance']['value']:.0f}% | "
+              f"{_n(base['chance'])} |"]
     for k, label in (("colour_floor_mean_rgb", "colour floor: mean RGB of the central crop"),
                      ("colour_floor_pooled_4x4", "colour floor: 4x4 pooled central crop")):
         if k in base:
-            lines.append(f"| {label} | {pct_ci(base[k])} |")
+            lines.append(f"| {label} | {pct_ci(base[k])} | {_n(base[k])} |")
     head = ["camera", "attack", "PSNR", "SSIM", "LPIPS"]
     head += [f"{j} distance" for j in judges] + [f"{j} re-ID top-1" for j in judges]
-    head += ["worst re-ID (judge)"]
+    head += ["worst re-ID (judge)", "re-ID images / identities"]
     lines += ["", "## Every camera, attack and judge", "",
               "Distance to the clean face in each judge's metric (dlib: Euclidean, 0.6 is its "
               "same-person threshold; the others: 1 - cosine); re-ID top-1 with its 95% "
@@ -78,6 +85,6 @@ def report_markdown(report: dict) -> str:
             cells = [name, m, fmt(a["psnr_db"]), fmt(a["ssim"]), fmt(a["lpips"])]
             cells += [ci(per.get(j, {}).get("distance_to_clean")) for j in judges]
             cells += [pct_ci(per.get(j, {}).get("reid_top1")) for j in judges]
-            cells += [f"{fmt(w['value'], True)} ({w['judge']})" if w else "-"]
+            cells += [f"{fmt(w['value'], True)} ({w['judge']})" if w else "-", _n(w)]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
