@@ -412,7 +412,7 @@ def test_privacy_report_headline_is_the_worst_case(tmp_path, capsys):
     out = tmp_path / "pr"
     args = ["privacy-report", "--out", str(out), "--size", "48", "--cameras",
             "blur-2,mosaic-8", "--methods", "identity,wiener,matched", "--max-faces", "6",
-            "--no-lpips", "--quiet", "--set", "tune_faces=4"]
+            "--no-lpips", "--quiet", "--set", "tune_faces=4", "--store", str(tmp_path / "st")]
     assert optics_main(args) == 0
     rep = json.loads((out / "privacy_report.json").read_text())
     assert rep["judges"] == ["dlib", "mobilefacenet", "faceres"] and rep["run"]["workers"] == 2
