@@ -222,23 +222,215 @@ def test_every_method_runs_from_the_command_line(tmp_path, method):
         assert m["psnr_db"] > 12
 
 
+def _check_interval(d, n=None, n_groups=None):
+    assert 0 <= d["lo"] <= d["value"] <= d["hi"] <= 1, d
+    if n is not None:
+        assert d["n"] == n and d["n_groups"] == n_groups, d
+
+
+def _check_report(rep, cameras, methods):
+    """Every figure of a privacy report: per-judge keys, intervals in [0, 1] and ordered,
+    the worst case over judges per attack and over attacks and judges per camera."""
+    judges = rep["judges"]
+    ident = rep["identity_set"]
+    assert ident["split"] == "johns" and ident["images"] == rep["johns_images"]
+    assert rep["reid_chance"] == pytest.approx(1 / ident["identities"])
+    base = rep["reid_baselines"]
+    assert base["chance"]["value"] == pytest.approx(rep["reid_chance"])
+    for k in ("colour_floor_mean_rgb", "colour_floor_pooled_4x4"):
+        _check_interval(base[k], ident["images"], ident["identities"])
+    assert list(rep["cameras"]) == cameras
+    for c in rep["cameras"].values():
+        atts = c["attacks"]
+        assert list(atts) == methods
+        overall = []
+        for m, a in atts.items():
+            assert set(a["judges"]) == set(judges) and "reid_top1" not in a
+            for j, r in a["judges"].items():
+                _check_interval(r["reid_top1"], ident["images"], ident["identities"])
+                assert r["reid_top1"]["gallery"] == ("camera" if m == "matched" else "clean")
+                if m == "matched":
+                    assert "distance_to_clean" not in r
+                else:
+                    d = r["distance_to_clean"]
+                    assert 0 <= d["lo"] <= d["value"] <= d["hi"], d
+                    assert d["n"] == rep["test_faces"]
+                overall.append((r["reid_top1"]["value"], m, j))
+            w = a["worst_over_judges"]["reid_top1"]
+            assert w["value"] == max(r["reid_top1"]["value"] for r in a["judges"].values())
+            assert a["judges"][w["judge"]]["reid_top1"]["value"] == w["value"]
+        worst = c["worst_case"]["reid_top1"]
+        assert worst["value"] == max(v for v, _, _ in overall)
+        assert atts[worst["attack"]]["judges"][worst["judge"]]["reid_top1"]["value"] == \
+            worst["value"]
+        _check_interval(worst, ident["images"], ident["identities"])
+        psnrs = [a["psnr_db"] for a in atts.values() if not np.isnan(a["psnr_db"])]
+        assert c["worst_case"]["psnr_db"] == max(psnrs)
+
+
+def _colour_judge(k):
+    import torch.nn.functional as F
+
+    def embed(x):
+        return F.adaptive_avg_pool2d(x, k).flatten(1).numpy()
+    return embed
+
+
+QUICK = dict(methods=["identity", "wiener", "matched"], progress=False, lpips=False)
+
+
+def _quick_report(out, store, **kw):
+    from deid.evaluation.privacy_report import privacy_report
+    from deid.faces.corpus import load_face_sets
+
+    faces = load_face_sets(32, max_test=5)
+    judges = {"coarse": _colour_judge(2), "fine": _colour_judge(8)}
+    return privacy_report(out, ["blur-2", "mosaic-8"], config=AttackConfig(size=32, tune_faces=3),
+                          faces=faces, judges=judges, store=store, **{**QUICK, **kw})
+
+
+def test_privacy_report_per_judge_worst_case_and_rerun(tmp_path):
+    """Per (camera, attack): each judge's distance and re-ID with intervals; the worst case
+    over attacks and judges names both; the baseline rows; a rerun skips what is done, redo
+    reruns a method, and another report takes the judged pairs from the store."""
+    out, store = tmp_path / "pr", tmp_path / "store"
+    rep = _quick_report(out, store)
+    _check_report(rep, ["blur-2", "mosaic-8"], QUICK["methods"])
+    assert rep["judges"] == ["coarse", "fine"] and rep["run"]["pairs_run"] == 6
+    assert rep["run"]["workers"] == 0  # judge callables: everything in this process
+    md = (out / "privacy_report.md").read_text()
+    assert md.startswith("## Worst case over attacks and judges")
+    assert "colour floor: mean RGB" in md and "| chance (1 / identities) |" in md
+    assert "| blur-2 | wiener |" in md and "fine re-ID top-1" in md
+    assert md.index("colour floor") < md.index("## Every")  # the CLI prints the head only
+    for f in ("privacy_grid.png", "privacy_worst_case.png"):
+        assert (out / f).stat().st_size > 1000
+    again = _quick_report(out, store)
+    assert again["run"]["pairs_run"] == 0 and again["run"]["pairs_skipped"] == 6
+    assert json.dumps(again["cameras"]) == json.dumps(rep["cameras"])  # NaN LPIPS
+    redo = _quick_report(out, store, redo=("wiener",))
+    assert redo["run"]["pairs_run"] == 2
+    for cam in ("blur-2", "mosaic-8"):
+        a, b = redo["cameras"][cam]["attacks"]["wiener"], rep["cameras"][cam]["attacks"]["wiener"]
+        assert a["judges"] == b["judges"] and a["params"] == b["params"]
+
+
+def test_privacy_report_refuses_other_faces(tmp_path):
+    _quick_report(tmp_path / "pr", False, methods=["identity"])
+    from deid.evaluation.privacy_report import privacy_report
+    from deid.faces.corpus import load_face_sets
+
+    with pytest.raises(ValueError, match="other faces"):
+        privacy_report(tmp_path / "pr", ["blur-2"], ["identity"], AttackConfig(size=32),
+                       faces=load_face_sets(32, max_test=4), judges={"c": _colour_judge(2)},
+                       store=False, progress=False, lpips=False)
+
+
+def test_embedding_cache_embeds_each_image_once():
+    from deid.evaluation.judge import EmbeddingCache
+
+    seen = []
+
+    def judge(x):
+        seen.append(len(x))
+        return x.flatten(1)[:, :4].numpy() * 2
+
+    cache = EmbeddingCache({"a": judge})
+    x = torch.rand(5, 3, 8, 8)
+    e1 = cache(x)["a"]
+    cache.pin()
+    e2 = cache(torch.cat([x[:2], x[:2], torch.rand(3, 3, 8, 8)]))["a"]
+    assert seen == [5, 3]  # two repeated rows and two known images are not embedded again
+    np.testing.assert_array_equal(e2[:2], e1[:2])
+    np.testing.assert_array_equal(e2[2:4], e1[:2])
+    cache.trim()
+    assert len(cache.memo["a"]) == 5  # the pinned images stay
+
+
+def test_judge_keeps_dlibs_plain_figures():
+    """``Judge`` (as ``optics attack`` and the stage-1 report use it): per-judge figures with
+    intervals, and dlib's ``fr_distance``/``reid_top1`` as plain numbers."""
+    from deid.evaluation.judge import Judge, run_attack
+    from deid.evaluation.reid import reid_top1
+    from deid.faces.corpus import FaceSets
+
+    g = torch.Generator().manual_seed(0)
+    ids = [i // 3 for i in range(12)]
+    johns = torch.rand(12, 3, 16, 16, generator=g)
+    faces = FaceSets(train=torch.rand(6, 3, 16, 16, generator=g),
+                     test=torch.rand(4, 3, 16, 16, generator=g), johns=johns, johns_ids=ids)
+    judge = Judge(faces, lpips=False, judges={"dlib": _colour_judge(4), "x": _colour_judge(2)})
+    att = Attacker("wiener", build_camera("blur-2", 16), AttackConfig(size=16, tune_faces=3))
+    r = run_attack(att.prepare(faces.train), judge)
+    m = r["metrics"]
+    assert set(r) == {"metrics", "x_hat", "y", "x_hat_johns"}
+    e = _colour_judge(4)
+    assert m["reid_top1"] == pytest.approx(reid_top1(e(r["x_hat_johns"]), ids, e(johns), ids,
+                                                     leave_one_out=True))
+    assert m["reid_top1"] == m["judges"]["dlib"]["reid_top1"]["value"]
+    assert m["fr_distance"] == pytest.approx(float(np.linalg.norm(
+        e(r["x_hat"]) - e(faces.test), axis=1).mean()))
+    assert m["worst_over_judges"]["reid_top1"]["judge"] in ("dlib", "x")
+    matched = run_attack(Attacker("matched", att.camera, att.cfg), judge)["metrics"]
+    assert np.isnan(matched["psnr_db"]) and matched["judges"]["x"]["reid_top1"]["n"] == 12
+
+
+def test_attacker_store_reuses_tuning_and_networks(tmp_path):
+    """A second attacker on the same camera, faces and config loads the tuned parameter and
+    the trained networks from the store, and reconstructs exactly as the first."""
+    faces = _faces(6, 32)
+    cfg = AttackConfig(size=32, tune_faces=3, inversion_steps=4, denoiser_steps=3,
+                       pnp_iterations=2)
+    cam = build_camera("blur-2", 32)
+    y = cam(faces[:2], seed=1)
+    for method, loaded in (("wiener", ["params"]), ("inversion", ["inversion"]),
+                           ("pnp", ["face_denoiser", "params"])):
+        a = Attacker(method, cam, cfg).prepare(faces, store=tmp_path)
+        b = Attacker(method, cam, cfg).prepare(faces, store=tmp_path)
+        assert a.loaded == [] and b.loaded == loaded and a.params == b.params
+        torch.testing.assert_close(a.reconstruct(y), b.reconstruct(y), rtol=0, atol=0)
+    other = Attacker("wiener", build_camera("blur-4", 32), cfg).prepare(faces, store=tmp_path)
+    assert other.loaded == []  # another camera: another key
+
+
+def test_report_tasks_group_identity_with_matched_and_put_pnp_last():
+    from deid.evaluation.privacy_report import _tasks
+
+    todo = [(0, m) for m in METHODS] + [(1, "matched"), (1, "pnp")]
+    tasks = _tasks(todo, workers=True)
+    assert sorted(m for _, ms in tasks for m in ms) == sorted(m for _, m in todo)
+    assert (0, ("identity", "matched")) in tasks and (1, ("matched",)) in tasks
+    assert [t[1][0] for t in tasks[:2]] == ["ddrm", "inversion"]
+    assert all(t[1] == ("pnp",) for t in tasks[-2:])
+    assert _tasks(todo, workers=False)[0] == (0, ("identity", "matched"))
+
+
 @pytest.mark.slow
 def test_privacy_report_headline_is_the_worst_case(tmp_path, capsys):
+    """The command line with the real judges (dlib, MobileFaceNet, FaceRes) and two attack
+    workers; a rerun into the same folder attacks nothing."""
     out = tmp_path / "pr"
-    assert optics_main(["privacy-report", "--out", str(out), "--size", "48", "--cameras",
-                        "blur-2,mosaic-8", "--methods", "identity,wiener,matched",
-                        "--max-faces", "6", "--no-lpips", "--quiet", "--set",
-                        "tune_faces=4"]) == 0
+    args = ["privacy-report", "--out", str(out), "--size", "48", "--cameras",
+            "blur-2,mosaic-8", "--methods", "identity,wiener,matched", "--max-faces", "6",
+            "--no-lpips", "--quiet", "--set", "tune_faces=4", "--store", str(tmp_path / "st")]
+    assert optics_main(args) == 0
     rep = json.loads((out / "privacy_report.json").read_text())
-    for cam in ("blur-2", "mosaic-8"):
-        atts = rep["cameras"][cam]["attacks"]
-        worst = rep["cameras"][cam]["worst_case"]
-        assert set(atts) == {"identity", "wiener", "matched"}
-        assert worst["reid_top1"] == max(a["reid_top1"] for a in atts.values())
-        assert worst["psnr_db"] == max(a["psnr_db"] for a in atts.values()
-                                       if not np.isnan(a["psnr_db"]))
+    assert rep["judges"] == ["dlib", "mobilefacenet", "faceres"] and rep["run"]["workers"] == 2
+    _check_report(rep, ["blur-2", "mosaic-8"], ["identity", "wiener", "matched"])
     md = (out / "privacy_report.md").read_text()
     assert md.startswith("## Worst case") and "| blur-2 |" in md
     assert report_markdown(rep) in md
     assert (out / "privacy_grid.png").stat().st_size > 1000
     assert "Worst case" in capsys.readouterr().out
+    assert optics_main(args) == 0
+    again = json.loads((out / "privacy_report.json").read_text())
+    assert again["run"]["pairs_run"] == 0
+    assert json.dumps(again["cameras"]) == json.dumps(rep["cameras"])
+    # another folder: every judged pair comes from the store, with the same figures
+    args[args.index(str(out))] = str(tmp_path / "other")
+    assert optics_main(args) == 0
+    other = json.loads((tmp_path / "other" / "privacy_report.json").read_text())
+    assert other["run"]["pairs_from_store"] == 6
+    for cam, c in other["cameras"].items():
+        for m, a in c["attacks"].items():
+            assert a["judges"] == rep["cameras"][cam]["attacks"][m]["judges"]

@@ -1,4 +1,5 @@
-"""Figures of the attack results: the report's camera x method grid, and one attack's faces."""
+"""Figures of the attack results: the report's camera x method grid, each camera's worst
+re-identification per judge, and one attack's faces."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["report_grid", "attack_grid"]
+__all__ = ["report_grid", "worst_case_figure", "attack_grid"]
 
 
 def _figure(size_in) -> Figure:
@@ -37,6 +38,45 @@ def report_grid(rows: dict, faces: torch.Tensor, methods, path: Path, index: int
                 ax.set_title(col, fontsize=9)
             if c == 0:
                 ax.set_ylabel(cam, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def worst_case_figure(report: dict, path: Path):
+    """Per camera (rows) and identity judge (markers): the highest re-identification top-1
+    over attacks with its 95% interval, against chance and the colour floors (lines)."""
+    names = list(report["cameras"])
+    judges = list(report["judges"])
+    fig = _figure((6.4, 0.9 + 0.42 * max(1, len(names))))
+    ax = fig.subplots()
+    markers = "osD^v<>"
+    step = 0.6 / max(1, len(judges))
+    for k, j in enumerate(judges):
+        xs, los, his, ys = [], [], [], []
+        for r, name in enumerate(names):
+            figs = [a["judges"][j]["reid_top1"] for a in report["cameras"][name]["attacks"]
+                    .values() if j in a.get("judges", {})]
+            if not figs:
+                continue
+            best = max(figs, key=lambda d: (d["value"], d["lo"]))
+            xs.append(best["value"])
+            los.append(best["value"] - best["lo"])
+            his.append(best["hi"] - best["value"])
+            ys.append(r + (k - (len(judges) - 1) / 2) * step)
+        ax.errorbar(xs, ys, xerr=[los, his], fmt=markers[k % len(markers)], ms=4, capsize=2,
+                    lw=1, label=j)
+    base = report.get("reid_baselines", {})
+    for key, style, label in (("chance", ":", "chance"),
+                              ("colour_floor_mean_rgb", "--", "colour floor (mean RGB)"),
+                              ("colour_floor_pooled_4x4", "-.", "colour floor (4x4)")):
+        if key in base:
+            ax.axvline(base[key]["value"], color="0.4", ls=style, lw=1, label=label)
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels(names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_xlabel("worst-case re-identification top-1 over attacks (95% interval)")
+    ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(1.01, 0.0))
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 
