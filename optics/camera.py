@@ -21,7 +21,7 @@ from optics.propagation import SamplingError
 from optics.psf import circular_aperture, sensor_mft_matrix, sensor_propagation_method, sensor_psf
 from optics.zernike import compose_opd, zern_name, zernike_basis
 
-__all__ = ["CameraConfig", "Camera", "defocus_target_psf"]
+__all__ = ["CameraConfig", "Camera", "defocus_target_psf", "best_focus_z4_um"]
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +259,21 @@ class Camera(nn.Module):
             )
         h = self.psf() if psf is None else psf
         return form_image(x, h.to(x.dtype), self.config.sensor, noise=noise, generator=generator)
+
+
+def best_focus_z4_um(config: CameraConfig) -> float:
+    """The Noll ``Z4`` (um of OPD, RMS over the pupil) that focuses the design wavelength of
+    ``config`` on its object plane (``0`` for the bench's 4f relay, which images the object).
+
+    Geometric optics: the lens (focal length ``f``) images the object at ``s_o`` to
+    ``s_i = 1 / (1/f - 1/s_o)``; a sensor at ``d`` sees the spherical OPD error
+    ``W(rho) = (a^2 rho^2 / 2) (1/d - 1/s_i)`` (``a`` the aperture radius), whose ``rho^2``
+    part a Z4 of ``-(a^2 / 2) (1/d - 1/s_i) / (2 sqrt 3)`` cancels (Z4 = sqrt3 (2 rho^2 - 1)).
+    The ``lopez2024`` camera (focused at 5 m, face at 0.75 m) needs about -0.654 um."""
+    inv_si = 1.0 / config.focal_length_m - 1.0 / config.object_distance_m  # 1/inf = 0
+    a = config.aperture_radius_m
+    w2_m = 0.5 * a * a * (1.0 / config.sensor_distance_m - inv_si)
+    return -w2_m / (2.0 * math.sqrt(3.0)) * 1e6
 
 
 def defocus_target_psf(config: CameraConfig, defocus_um: float) -> torch.Tensor:

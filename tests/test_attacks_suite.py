@@ -76,6 +76,30 @@ def test_camera_specs_are_checked_up_front(spec, needle, tmp_path):
     assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr
 
 
+def test_focus_cameras_count_defocus_from_best_focus():
+    """``focus-D`` is the lopez2024 lens with Z4 = best focus + D: ``focus-0`` is sharper
+    than the published camera as it is (``defocus-0``, focused at 5 m), which equals
+    ``focus-0.654...``; more D, more blur."""
+    from optics.camera import best_focus_z4_um
+    from optics.presets import get_preset
+
+    def rms_radius(spec):
+        p = build_camera(spec, 64).psf[1].double()
+        p = p / p.sum()
+        c = torch.arange(p.shape[-1], dtype=torch.float64) - (p.shape[-1] - 1) / 2
+        return float((p * (c[:, None] ** 2 + c[None, :] ** 2)).sum().sqrt())
+
+    r = [rms_radius(f"focus-{d}") for d in (0, 0.2, 0.5)]
+    assert r[0] < r[1] < r[2] and r[0] < 0.5 * rms_radius("defocus-0")
+    own = -best_focus_z4_um(get_preset("lopez2024").at_image_size(64))
+    a, b = build_camera(f"focus-{own!r}", 64).psf, build_camera("defocus-0", 64).psf
+    k = min(a.shape[-1], b.shape[-1])
+    crop = [t[..., (t.shape[-1] - k) // 2:(t.shape[-1] - k) // 2 + k,
+              (t.shape[-1] - k) // 2:(t.shape[-1] - k) // 2 + k] for t in (a, b)]
+    torch.testing.assert_close(crop[0] / crop[0].sum(), crop[1] / crop[1].sum(),
+                               atol=2e-4, rtol=0)
+
+
 def test_stage1_run_camera(tmp_path):
     from deid.methods.stage1.trainer import Stage1Config
     from optics.coefficients import save_coefficients

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from optics.camera import Camera, CameraConfig, defocus_target_psf
+from optics.camera import Camera, CameraConfig, best_focus_z4_um, defocus_target_psf
 from optics.kit.config import load_config, save_config
 from optics.materials import refractive_index
 from optics.presets import PRESETS, get_preset
@@ -137,6 +137,25 @@ def test_defocus_target():
     peaks = [float(defocus_target_psf(cfg, d)[0].max()) for d in (0.0, 0.2, 0.5)]
     assert peaks[0] > peaks[1] > peaks[2]
     torch.testing.assert_close(defocus_target_psf(cfg, 0.0), Camera(cfg).psf().detach())
+
+
+def test_best_focus_z4_refocuses_the_published_camera():
+    """lopez2024 is focused at 5 m and sees faces at 0.75 m: about 2.27 um peak-to-valley of
+    defocus OPD (a^2/2 (1/d - 1/s_i)), cancelled by Z4 = -0.654 um; the green PSF's peak is
+    highest there (a scan in 0.02 um steps), and the in-focus bench needs no Z4."""
+    cfg = get_preset("lopez2024")
+    f, a = cfg.focal_length_m, cfg.aperture_radius_m
+    inv_si = 1 / f - 1 / 0.75
+    expected = -(a * a / 2) * (1 / 0.05 - inv_si) / (2 * math.sqrt(3)) * 1e6
+    assert best_focus_z4_um(cfg) == pytest.approx(expected, rel=1e-12)
+    assert best_focus_z4_um(cfg) == pytest.approx(-0.654, abs=2e-3)
+    assert best_focus_z4_um(get_preset("prototype-4f")) == pytest.approx(0.0, abs=1e-12)
+    small = cfg.at_image_size(64).replace(chromatic=False, wavelengths_m=(550e-9,))
+    z0 = best_focus_z4_um(small)
+    scan = [z0 + 0.02 * k for k in range(-5, 6)]
+    peaks = [float(defocus_target_psf(small, z)[0].max()) for z in scan]
+    assert max(range(len(scan)), key=peaks.__getitem__) == 5
+    assert peaks[5] > 10 * float(defocus_target_psf(small, 0.0)[0].max())
 
 
 def test_sampling_errors():

@@ -291,6 +291,22 @@ def test_attack_identity_needs_a_phase_plate():
         Stage1Config(attack_identity_weight=1.0, attack_balances=())
 
 
+def test_target_counted_from_best_focus():
+    """``defocus_from_focus``: H_f's Z4 is best focus + ``defocus_um`` and the plate starts
+    there (plus the random init); without it, ``defocus_um`` adds to the scene's defocus."""
+    from deid.methods.stage1.trainer import Stage1Config, build_camera, target_z4_um
+    from optics.camera import best_focus_z4_um
+
+    cfg = Stage1Config(image_size=64, defocus_um=0.2, defocus_from_focus=True, init_std_um=0.0)
+    cam = build_camera(cfg)
+    best = best_focus_z4_um(cam.config)
+    assert target_z4_um(cfg, cam.config) == pytest.approx(best + 0.2, abs=1e-12)
+    assert cam.coefficients_dict() == {4: pytest.approx(best + 0.2, abs=1e-6)}
+    plain = dataclasses.replace(cfg, defocus_from_focus=False)
+    assert target_z4_um(plain, cam.config) == 0.2
+    assert build_camera(plain).coefficients_dict() == {}
+
+
 @pytest.mark.slow
 def test_report_on_the_demo_corpus(tmp_path):
     """Two stage-1 steps at 64 px on the real demo corpus, then the full report: four

@@ -10,6 +10,9 @@ Cameras (:func:`build_camera` names):
 - ``defocus``: the stage-1 target ``H_f`` (lopez2024 optics, defocus only);
 - ``defocus-D``: the same optics with ``D`` micrometres of Z4 instead (the PSF window grows
   until it holds 99% of the light);
+- ``focus-D``: the same optics refocused on the face (Z4 of
+  :func:`optics.camera.best_focus_z4_um`, -0.654 um) plus ``D`` micrometres of Z4: the
+  defocus family measured from best focus (``focus-0.654`` is ``defocus-0``);
 - ``lr16``: the 16x16 low-resolution camera (its PSF on the 16x16 grid is about one pixel);
 - ``lowres-N``: the same in-focus lens on an ``N x N`` sensor (``lowres-16`` is ``lr16``);
 - ``prototype``: the prototype-4f bench with the paper's mirror amplitudes, converted to
@@ -39,7 +42,7 @@ from calibration.device_map import (
 from deid.methods.stage1.inference import load_run_camera
 from deid.methods.stage1.trainer import Stage1Config
 from hardware.sim.fake_tldfm import DEFAULT_HIDDEN
-from optics.camera import Camera, defocus_target_psf
+from optics.camera import Camera, best_focus_z4_um, defocus_target_psf
 from optics.imaging import SensorModel, form_image, quantize
 from optics.kit.config import load_config
 from optics.presets import get_preset, preset_names
@@ -184,7 +187,7 @@ def check_camera_spec(spec: str) -> None:
     building anything (so a long report fails before it starts)."""
     if spec in ("none", "defocus", "lr16", "prototype") or spec in preset_names():
         return
-    if spec.startswith(("defocus-", "blur-", "mosaic-", "lowres-")):
+    if spec.startswith(("defocus-", "focus-", "blur-", "mosaic-", "lowres-")):
         _number(spec)
         return
     if not (Path(spec) / "coefficients.json").exists():
@@ -192,7 +195,7 @@ def check_camera_spec(spec: str) -> None:
 
 
 def _unknown(spec: str) -> str:
-    return (f"unknown camera {spec!r}: use none, defocus, defocus-D, prototype, blur-S, "
+    return (f"unknown camera {spec!r}: use none, defocus, defocus-D, focus-D, prototype, blur-S, "
             f"mosaic-B, lowres-N, a preset ({', '.join(preset_names())}) or a stage-1 run folder")
 
 
@@ -216,6 +219,17 @@ def build_camera(spec: str, size: int = REFERENCE_SIZE_PX, calibration=None,
         return AttackCamera(spec, fwd, h,
                             f"lopez2024 optics, {defocus_um} um Z4 only"
                             + (" (H_f)" if spec == "defocus" else ""))
+    if spec.startswith("focus-"):
+        optics = get_preset("lopez2024").at_image_size(size)
+        z4 = best_focus_z4_um(optics) + _number(spec)
+        optics = optics.replace(psf_size_px=_window_for_defocus(optics, z4))
+        h = defocus_target_psf(optics, z4).float()
+
+        def fwd_focus(x, g):
+            return form_image(x, h.to(x.device, x.dtype), optics.sensor, generator=g)
+
+        return AttackCamera(spec, fwd_focus, h, f"lopez2024 optics refocused on the face, "
+                                                f"then {_number(spec)} um Z4")
     if spec == "lr16":
         return optical_camera("lr16", Camera(get_preset("lr16").at_image_size(size)),
                               "16x16 sensor behind an in-focus lens")

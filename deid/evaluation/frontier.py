@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 #: The classic cameras, by family, weakest first (strengths at 128 px faces).
 SWEEP = {
     "blur": ("blur-2", "blur-4", "blur-8", "blur-16", "blur-32"),
-    "defocus": ("defocus-0.5", "defocus-1", "defocus-2", "defocus-3"),
+    # from best focus on the face: lopez2024 itself (focused at 5 m) is focus-0.654
+    "defocus": ("focus-0.1", "focus-0.2", "focus-0.35", "focus-0.654", "focus-1.15"),
     "mosaic": ("mosaic-4", "mosaic-8", "mosaic-16", "mosaic-32"),
     "lowres": ("lowres-64", "lowres-32", "lowres-16", "lowres-8"),
 }
@@ -74,7 +75,7 @@ class FrontierConfig:
     size: int = 128
     cameras: tuple[str, ...] = tuple(c for fam in SWEEP.values() for c in fam)
     attacks: tuple[str, ...] = ("identity", "matched", "wiener")
-    finetune_steps: int = 150
+    finetune_steps: int = 400
     stage1_config: str = ""
     seed: int = 0
     runs: list = field(default_factory=list)

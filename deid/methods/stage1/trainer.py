@@ -39,7 +39,7 @@ from deid.methods.stage1.losses import (
 )
 from deid.methods.stage1.plots import plot_heatmap_overlay, plot_loss_curves, plot_xy_grid
 from optics import figures
-from optics.camera import Camera, defocus_target_psf
+from optics.camera import Camera, best_focus_z4_um, defocus_target_psf
 from optics.coefficients import save_coefficients
 from optics.deconv import wiener_balance_errors, wiener_restore, wiener_spectra
 from optics.kit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -70,6 +70,9 @@ class Stage1Config:
         modes: trainable Noll indices, comma-separated; unset = 4..n_modes.
         init_std_um: std of the random initial coefficients, um of OPD.
         defocus_um: Z4 of the target PSF H_f, um of OPD (on top of the scene's own defocus).
+        defocus_from_focus: count ``defocus_um`` from the best focus on the face
+            (:func:`optics.camera.best_focus_z4_um`: -0.654 um for lopez2024, whose lens is
+            focused at 5 m and sees faces at 0.75 m), and start the plate's Z4 there too.
         alpha1: weight of ||H - H_f|| / ||H_f|| in L_optics.
         alpha2: weight of the heatmap loss |U(y) - U*(x)|.
         identity_weight: weight of the hinge relu(margin - ||e(y) - e(x)||) (dlib twin).
@@ -111,6 +114,7 @@ class Stage1Config:
     modes: tuple[int, ...] | None = None
     init_std_um: float = 0.05
     defocus_um: float = 0.5
+    defocus_from_focus: bool = False
     alpha1: float = 1.0
     alpha2: float = 10.0
     identity_weight: float = 0.0
@@ -177,7 +181,14 @@ def build_camera(cfg: Stage1Config, generator: torch.Generator | None = None) ->
         return Camera(base)
     cam_cfg = base.replace(n_modes=max(cfg.n_modes, max(cfg.modes or (0,))),
                            trainable_modes=cfg.modes)
-    return Camera(cam_cfg, init_std_um=cfg.init_std_um, generator=generator)
+    start = {4: target_z4_um(cfg, cam_cfg)} if cfg.defocus_from_focus else None
+    return Camera(cam_cfg, start, init_std_um=cfg.init_std_um, generator=generator)
+
+
+def target_z4_um(cfg: Stage1Config, camera_config) -> float:
+    """Z4 of the target PSF ``H_f`` in um of OPD, as added to the camera's own geometry."""
+    offset = best_focus_z4_um(camera_config) if cfg.defocus_from_focus else 0.0
+    return cfg.defocus_um + offset
 
 
 #: The fine-tuned regressor U of a run, in the teacher's checkpoint format (``load_teacher``).
@@ -231,7 +242,8 @@ class Stage1Trainer:
         camera = build_camera(cfg, gen).to(self.device)
         student = copy.deepcopy(teacher).train().requires_grad_(True)
         self.model = Stage1Model(camera, student).to(self.device)
-        self.target_psf = defocus_target_psf(camera.config, cfg.defocus_um).to(self.device)
+        target_z4 = target_z4_um(cfg, camera.config)
+        self.target_psf = defocus_target_psf(camera.config, target_z4).to(self.device)
         groups = [{"params": [p for p in camera.parameters() if p.requires_grad],
                    "lr": cfg.lr_optics},
                   {"params": list(student.parameters()), "lr": cfg.lr_fan}]
