@@ -73,6 +73,34 @@ def test_resume_is_exact(corpus, tmp_path):
         assert (a / "figures" / name).stat().st_size > 0
 
 
+def test_regressor_phase_freezes_the_camera_and_resumes_exactly(corpus, tmp_path):
+    """``regressor_steps``: after the joint steps only U trains (the PSF, hence the PSF term,
+    stays as it was), its learning rate on a cosine to 0; resuming inside the phase is exact."""
+    from deid.methods.stage1.trainer import Stage1Config, regressor_lr
+
+    cfg = Stage1Config(steps=4, regressor_steps=4, lr_fan=1e-3)
+    lrs = [regressor_lr(cfg, k) for k in range(8)]
+    assert lrs[:4] == [1e-3] * 4 and lrs[4] == pytest.approx(1e-3)
+    assert lrs[6] == pytest.approx(0.5e-3) and lrs[7] < lrs[6] and min(lrs) > 0
+    assert regressor_lr(cfg, 1, total=2) == pytest.approx(0.5e-3)
+    a, b = tmp_path / "a", tmp_path / "b"
+    r = stage1(corpus, a, "--steps", "3", "--set", "regressor_steps=3")
+    assert r.returncode == 0, r.stderr
+    r = stage1(corpus, b, "--steps", "3", "--set", "regressor_steps=1")
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "optics", "train-stage1", "--resume", str(b),
+                        "--set", "regressor_steps=3", "--no-report", "--quiet"],
+                       capture_output=True, text=True, env={**os.environ, "PRIVLENS_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    ra, rb = rows(a), rows(b)
+    assert [r["step"] for r in ra] == [1, 2, 3, 4, 5, 6]
+    assert ra == [{**x, "seconds": y["seconds"]} for x, y in zip(rb, ra, strict=True)]
+    assert ra[3]["psf_term"] == ra[4]["psf_term"] == ra[5]["psf_term"] != ra[2]["psf_term"]
+    assert len({r["hmap"] for r in ra[3:]}) == 3
+    ca = json.loads((a / "coefficients.json").read_text())["coefficients"]
+    assert ca == json.loads((b / "coefficients.json").read_text())["coefficients"]
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_match_one(corpus, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"

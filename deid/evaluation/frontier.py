@@ -66,16 +66,18 @@ class FrontierConfig:
         cameras: classic camera specs (default: the whole ``SWEEP``).
         attacks: attacks of the worst case (``identity``, ``matched``, ``wiener``, ``rl``,
             ``tv``, ``pnp``, ``ddrm``, ``inversion``).
-        finetune_steps: regressor fine-tuning steps per classic camera (0: the teacher as is).
-        stage1_config: stage-1 config file whose batch, lr_fan, seed and augmentation the
-            fine-tuning uses (empty: the defaults).
+        finetune_steps: regressor fine-tuning steps per classic camera (0: the teacher as is;
+            -1: the stage-1 recipe's ``steps + regressor_steps``).
+        stage1_config: stage-1 config file whose steps, batch, U learning-rate schedule,
+            seed and augmentation the fine-tuning uses (empty: the first ``--run``'s
+            config, else the repository's ``configs/stage1-demo.yaml``, else the defaults).
         seed: noise, jitter and bootstrap seed.
     """
 
     size: int = 128
     cameras: tuple[str, ...] = tuple(c for fam in SWEEP.values() for c in fam)
     attacks: tuple[str, ...] = ("identity", "matched", "wiener")
-    finetune_steps: int = 400
+    finetune_steps: int = -1
     stage1_config: str = ""
     seed: int = 0
     runs: list = field(default_factory=list)
@@ -86,6 +88,18 @@ def _family(spec: str) -> str:
         if spec in specs or spec.startswith(fam + "-"):
             return fam
     return "stage1 run"
+
+
+def _recipe(cfg: FrontierConfig) -> Stage1Config:
+    """The stage-1 config whose fine-tuning recipe the classic cameras get."""
+    demo = Path(__file__).resolve().parents[2] / "configs" / "stage1-demo.yaml"
+    for path in ([cfg.stage1_config] if cfg.stage1_config else []) + [
+            str(Path(r) / "config.yaml") for r in cfg.runs[:1]] + [str(demo)]:
+        if Path(path).is_file():
+            return load_config(Stage1Config, path)
+        if path == cfg.stage1_config:
+            raise FileNotFoundError(f"stage-1 config not found: {path}")
+    return Stage1Config()
 
 
 def _privacy(cam, faces_train, johns, ids, judges, clean, attacks, seed) -> dict:
@@ -129,7 +143,7 @@ def frontier(out_dir, teacher_path, root, config: FrontierConfig | None = None,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "frontier-config.yaml")
-    s1 = load_config(Stage1Config, cfg.stage1_config) if cfg.stage1_config else Stage1Config()
+    s1 = _recipe(cfg)
     teacher = load_teacher(teacher_path)
     if teacher.config.input_size != cfg.size:
         raise ValueError(f"the teacher takes {teacher.config.input_size} px faces, the "
@@ -168,7 +182,7 @@ def frontier(out_dir, teacher_path, root, config: FrontierConfig | None = None,
             continue
         cam = build_camera(spec, cfg.size)
         if run is None:
-            steps = cfg.finetune_steps
+            steps = None if cfg.finetune_steps < 0 else cfg.finetune_steps  # None: s1's
             regressor = teacher if steps == 0 else finetune_regressor(
                 lambda x, g, c=cam: c.forward(x, g), teacher, train, s1, steps=steps)
         else:

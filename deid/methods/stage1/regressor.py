@@ -15,7 +15,7 @@ import torch
 
 from deid.faces.jitter import draw_params, jitter
 from deid.methods.stage1.losses import heatmap_loss
-from deid.methods.stage1.trainer import Stage1Config
+from deid.methods.stage1.trainer import Stage1Config, regressor_lr
 from optics.kit.progress import progress_bar
 from optics.kit.resize import resize_to
 from optics.kit.schedule import global_batch, sample_generator
@@ -32,15 +32,17 @@ CameraFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 def finetune_regressor(camera: CameraFn, teacher: torch.nn.Module, train_images: torch.Tensor,
                        cfg: Stage1Config, steps: int | None = None, progress: bool = False,
                        desc: str = "regressor") -> torch.nn.Module:
-    """A copy of ``teacher`` trained for ``steps`` (default ``cfg.steps``) on
-    ``|U(camera(x)) - U*(x)|`` with the stage-1 config's batch size, ``lr_fan``, seed and
-    augmentation; returns it in eval mode. Deterministic for a seed (CPU)."""
+    """A copy of ``teacher`` trained for ``steps`` (default ``steps + regressor_steps`` of
+    ``cfg``) on ``|U(camera(x)) - U*(x)|`` with the stage-1 config's batch size, seed,
+    augmentation and U learning-rate schedule (:func:`regressor_lr`: ``lr_fan``, then a
+    cosine over the last ``regressor_steps``); returns it in eval mode. Deterministic for a
+    seed (CPU)."""
     device = next(teacher.parameters()).device
     student = copy.deepcopy(teacher).train().requires_grad_(True)
     teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
     opt = torch.optim.Adam(student.parameters(), lr=cfg.lr_fan)
     size = student.config.input_size
-    steps = cfg.steps if steps is None else steps
+    steps = cfg.steps + cfg.regressor_steps if steps is None else steps
     aug = cfg.augmentation()
     bar = progress_bar(range(steps), desc=desc, unit="step", disable=not progress)
     for step in bar:
@@ -53,6 +55,8 @@ def finetune_regressor(camera: CameraFn, teacher: torch.nn.Module, train_images:
             y = torch.cat([camera(x[i:i + 1], g) for i, g in enumerate(gens)])
             target = teacher(resize_to(x, size))
         loss = heatmap_loss(student(resize_to(y, size)), target)
+        for group in opt.param_groups:
+            group["lr"] = regressor_lr(cfg, step, steps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -86,7 +86,10 @@ class Stage1Config:
             grid the privacy report's attacker tunes over).
         min_captured_energy: light fraction the PSF window must hold (else the halo is lost).
         energy_weight: weight of the window-energy penalty.
-        steps: optimiser steps in total (a resumed run continues up to it).
+        steps: optimiser steps of the joint phase (optics and U together).
+        regressor_steps: then this many steps that train U alone behind the frozen camera,
+            its learning rate decaying from ``lr_fan`` to 0 on a cosine (a resumed run
+            continues up to ``steps + regressor_steps``).
         batch_size: global batch (split across DDP processes).
         lr_optics: Adam step for the coefficients, um per step.
         lr_fan: Adam step for the student U.
@@ -126,6 +129,7 @@ class Stage1Config:
     min_captured_energy: float = 0.95
     energy_weight: float = 10.0
     steps: int = 500
+    regressor_steps: int = 0
     batch_size: int = 8
     lr_optics: float = 0.02
     lr_fan: float = 1e-4
@@ -143,6 +147,8 @@ class Stage1Config:
     device: str = "auto"
 
     def __post_init__(self):
+        if self.regressor_steps < 0:
+            raise ValueError(f"regressor_steps must be >= 0, got {self.regressor_steps}")
         if self.steps < 0 or self.batch_size < 1 or self.image_size < 16:
             raise ValueError("need steps >= 0, batch_size >= 1 and image_size >= 16")
         for name in ("alpha1", "alpha2", "identity_weight", "identity_spread_weight",
@@ -183,6 +189,18 @@ def build_camera(cfg: Stage1Config, generator: torch.Generator | None = None) ->
                            trainable_modes=cfg.modes)
     start = {4: target_z4_um(cfg, cam_cfg)} if cfg.defocus_from_focus else None
     return Camera(cam_cfg, start, init_std_um=cfg.init_std_um, generator=generator)
+
+
+def regressor_lr(cfg: Stage1Config, step: int, total: int | None = None) -> float:
+    """U's learning rate at ``step`` (0-based) of a run of ``total`` steps (default
+    ``steps + regressor_steps``): ``lr_fan``, then a cosine to 0 over the last
+    ``regressor_steps`` steps."""
+    total = cfg.steps + cfg.regressor_steps if total is None else total
+    decay = min(cfg.regressor_steps, total)
+    k = step - (total - decay)
+    if decay == 0 or k < 0:
+        return cfg.lr_fan
+    return cfg.lr_fan * 0.5 * (1.0 + math.cos(math.pi * k / decay))
 
 
 def target_z4_um(cfg: Stage1Config, camera_config) -> float:
@@ -245,8 +263,8 @@ class Stage1Trainer:
         target_z4 = target_z4_um(cfg, camera.config)
         self.target_psf = defocus_target_psf(camera.config, target_z4).to(self.device)
         groups = [{"params": [p for p in camera.parameters() if p.requires_grad],
-                   "lr": cfg.lr_optics},
-                  {"params": list(student.parameters()), "lr": cfg.lr_fan}]
+                   "lr": cfg.lr_optics, "role": "optics"},
+                  {"params": list(student.parameters()), "lr": cfg.lr_fan, "role": "fan"}]
         groups = [g for g in groups if g["params"]]
         self.optimizer = torch.optim.Adam(groups)
         self.ddp = self.model
@@ -367,12 +385,25 @@ class Stage1Trainer:
         dist = (e.unflatten(0, (len(picks), b)) - e_x).norm(dim=-1)
         return F.relu(self.cfg.attack_margin - dist.min(dim=0).values).mean()
 
+    @property
+    def total_steps(self) -> int:
+        """Joint steps, then regressor-only steps."""
+        return self.cfg.steps + self.cfg.regressor_steps
+
     def train_step(self) -> dict:
         t0 = time.perf_counter()
         x, gens, affines = self.batch(self.step)
-        out = self.losses(x, gens, noise=self.cfg.noise, affines=affines)
+        joint = self.step < self.cfg.steps
+        out = self.losses(x, gens, noise=self.cfg.noise, affines=affines if joint else None)
+        for group in self.optimizer.param_groups:
+            if group.get("role") == "fan":
+                group["lr"] = regressor_lr(self.cfg, self.step)
         self.optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
+        # joint: every term; afterwards only U's heatmap term, and the camera stays as it is
+        (out["loss"] if joint else self.cfg.alpha2 * out["hmap"]).backward()
+        if not joint:
+            for p in self.camera.parameters():
+                p.grad = None  # Adam leaves parameters without a gradient untouched
         self.optimizer.step()
         self.step += 1
         row = {"step": self.step}
@@ -384,7 +415,7 @@ class Stage1Trainer:
 
     # -------------------------------------------------------------------- run
     def run(self, progress: bool = True) -> dict:
-        """Train until ``cfg.steps``; checkpoint, log and evaluate on the way."""
+        """Train until ``steps + regressor_steps``; checkpoint, log and evaluate on the way."""
         cfg = self.cfg
         main = self.dist.is_main
         if main:
@@ -393,9 +424,10 @@ class Stage1Trainer:
             save_config(self.camera.config, self.out / "camera.yaml")
             self._trim_csv()
         writer = self._tensorboard() if main and cfg.tensorboard else None
-        bar = progress_bar(total=cfg.steps, initial=self.step, disable=not (main and progress),
+        total = self.total_steps
+        bar = progress_bar(total=total, initial=self.step, disable=not (main and progress),
                    desc="stage 1", unit="step", dynamic_ncols=True)
-        while self.step < cfg.steps:
+        while self.step < total:
             row = self.train_step()
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}", hmap=f"{row['hmap']:.4f}")
@@ -405,11 +437,11 @@ class Stage1Trainer:
                     for k, v in row.items():
                         if k != "step":
                             writer.add_scalar(f"train/{k}", v, self.step)
-            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+            if self.step % cfg.ckpt_every == 0 or self.step == total:
                 if main:
                     save_checkpoint(self.state(), self.out / f"ckpt_{self.step}.pt")
                     self._prune_checkpoints()
-            if main and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+            if main and (self.step % cfg.eval_every == 0 or self.step == total):
                 self.write_figures()
         bar.close()
         if writer is not None:
