@@ -156,7 +156,14 @@ def worker(args) -> None:
 
     rss_imports = proc_status_mb("VmRSS")
     torch.manual_seed(args.seed)
-    base = load_config(Stage1Config, STAGE1_CONFIG)
+    import yaml
+
+    from optics.kit.config import from_dict
+
+    # the fields this tree's Stage1Config knows (a baseline tree may predate some of them)
+    raw = yaml.safe_load(open(STAGE1_CONFIG)) or {}
+    known = {f.name for f in dataclasses.fields(Stage1Config)}
+    base = from_dict(Stage1Config, {k: v for k, v in raw.items() if k in known})
     cfg = dataclasses.replace(base, data="", teacher="", device="cpu", tensorboard=False)
     fan_cfg = load_config(FANTrainConfig, TEACHER_CONFIG).fan_config().replace(
         input_size=cfg.image_size, width=args.width)
