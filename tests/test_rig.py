@@ -105,7 +105,8 @@ def test_capture_refuses_session_names_that_leave_out(tmp_path, capsys, session)
 def test_capture_session_and_paired_dataset(tmp_path, capsys):
     out = tmp_path / "caps"
     assert rig_main(["capture", "--sim", "--session", "demo", "--frames", "6", "--out",
-                     str(out), "--prototype", "--no-progress", "--json"] + SMALL) == 0
+                     str(out), "--prototype", "--no-progress", "--json",
+                     "--with-reference"] + SMALL) == 0
     stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert stats["frames"] == 6 and stats["rate_hz"] > 0
     s = open_session(out / "demo.h5")
@@ -136,9 +137,11 @@ def test_capture_session_and_paired_dataset(tmp_path, capsys):
     assert manifest
 
 
-def test_privacy_only_writes_no_reference_pixels(tmp_path):
+@pytest.mark.parametrize("flags", [[], ["--privacy-only"]])
+def test_privacy_only_writes_no_reference_pixels(tmp_path, flags):
+    """Identifiable (reference) frames are written only when asked for (--with-reference)."""
     assert rig_main(["capture", "--sim", "--session", "p", "--frames", "3", "--out",
-                     str(tmp_path), "--privacy-only", "--no-progress"] + SMALL) == 0
+                     str(tmp_path), "--no-progress"] + flags + SMALL) == 0
     import h5py
 
     with h5py.File(tmp_path / "p.h5", "r") as f:
@@ -149,6 +152,14 @@ def test_privacy_only_writes_no_reference_pixels(tmp_path):
     assert len(s) == 3 and s.privacy_only
     with pytest.raises(ValueError):
         s.reference_images()
+
+
+def test_with_reference_and_privacy_only_exclude_each_other(tmp_path, capsys):
+    assert rig_main(["capture", "--sim", "--session", "p", "--frames", "1", "--out",
+                     str(tmp_path / "o"), "--privacy-only", "--with-reference"] + SMALL) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "exclude each other" in err[0], err
+    assert not (tmp_path / "o").exists()
 
 
 def test_camera_lost_mid_capture_keeps_frames(tmp_path):
@@ -170,7 +181,7 @@ def test_camera_lost_mid_capture_keeps_frames(tmp_path):
 
         rig.capture = capture
         with pytest.raises(DeviceError, match="went away"):
-            record_session(rig, tmp_path / "lost.h5", 10, progress=False)
+            record_session(rig, tmp_path / "lost.h5", 10, privacy_only=False, progress=False)
     s = open_session(tmp_path / "lost.h5")
     assert len(s) == 4 and not s.complete
 

@@ -26,6 +26,9 @@ __all__ = ["register", "cmd_capture", "cmd_sessions", "cmd_export", "cmd_dataset
 
 
 def cmd_capture(args) -> int:
+    if args.with_reference and args.privacy_only:
+        raise ValueError("--with-reference and --privacy-only exclude each other")
+    args.privacy_only = not args.with_reference  # identifiable frames only when asked for
     path = confined_path(Path(args.out), args.session, ".h5", what="session")
     amps, cal, source = mirror_amplitudes(args)
     with open_rig(args) as rig:
@@ -129,13 +132,20 @@ def register(sub) -> None:
     p = add_rig_args(sub.add_parser(
         "capture", help="record synchronised frame pairs to HDF5",
         description="Records --frames pairs into OUT/SESSION.h5, each frame flushed as it "
-                    "arrives (a killed capture keeps every completed frame). The reference "
-                    "(identifiable) branch is written unless --privacy-only."))
+                    "arrives (a killed capture keeps every completed frame). Only the privacy "
+                    "branch is written unless --with-reference asks for the reference "
+                    "(identifiable) frames, which `rig dataset` pairs with it.",
+        epilog="examples:\n  rig capture --sim --session s1 --frames 20 --out runs/captures\n"
+               "  rig capture --sim --session pairs --frames 20 --out runs/captures "
+               "--with-reference", formatter_class=argparse.RawDescriptionHelpFormatter))
     p.add_argument("--session", required=True, metavar="NAME")
     p.add_argument("--frames", type=int, required=True, metavar="N")
     p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--with-reference", action="store_true",
+                   help="also write the ground-truth (identifiable) branch, e.g. for a paired "
+                        "dataset (default: privacy frames only)")
     p.add_argument("--privacy-only", action="store_true",
-                   help="never write the ground-truth (identifiable) branch to disk")
+                   help="write the privacy branch only (the default; kept for scripts)")
     p.add_argument("--scene", default="faces",
                    help="simulation scene: faces, checkerboard, pinhole, dark, folder:PATH")
     p.add_argument("--interval-s", type=float, default=0.0, help="pause between pairs")
