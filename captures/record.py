@@ -35,9 +35,9 @@ class RecordStats:
 def record_session(rig, path, frames: int, privacy_only: bool = True,
                    metadata: dict | None = None, interval_s: float = 0.0,
                    resume: bool = False, progress: bool = True) -> RecordStats:
-    """Capture ``frames`` pairs from ``rig`` into ``path``. Reference (identifiable) frames are
-    written only when asked for (``privacy_only=False``). A device error or Ctrl-C stops the run; every
-    frame already taken stays in the file, which is then marked incomplete."""
+    """Capture ``frames`` pairs from ``rig`` into ``path``. Reference (identifiable) frames
+    are written only when asked for (``privacy_only=False``). A device error or Ctrl-C stops
+    the run; every frame already taken stays in the file, which is then marked incomplete."""
     if frames < 1:
         raise ValueError(f"--frames must be >= 1, got {frames}")
     meta = dict(metadata or {})

