@@ -1,10 +1,14 @@
 #!/usr/bin/env python
-"""Regenerate the README's measured demo tables from a stage-1 ``report.json``.
+"""Regenerate the README's measured tables from a stage-1 ``report.json`` or a
+``frontier.json``.
 
     python docs/update_readme.py runs/demo/stage1/report.json [README.md]
+    python docs/update_readme.py runs/frontier/frontier.json [README.md]
 
 Replaces the text between ``<!-- demo-report:begin -->`` and ``<!-- demo-report:end -->``
-with :func:`deid.evaluation.stage1_report.readme_summary` of the report.
+with :func:`deid.evaluation.stage1_report.readme_summary` of the report, or between
+``<!-- frontier:begin -->`` and ``<!-- frontier:end -->`` with
+:func:`deid.evaluation.frontier.frontier_markdown` (a ``frontier.json`` has ``points``).
 """
 
 from __future__ import annotations
@@ -14,9 +18,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from deid.evaluation.frontier import frontier_markdown  # noqa: E402
 from deid.evaluation.stage1_report import readme_summary  # noqa: E402
-
-BEGIN, END = "<!-- demo-report:begin -->", "<!-- demo-report:end -->"
 
 
 def main(argv=None) -> int:
@@ -27,12 +30,15 @@ def main(argv=None) -> int:
     report = json.loads(Path(args[0]).read_text())
     readme = Path(args[1] if len(args) > 1 else Path(__file__).resolve().parents[1] / "README.md")
     text = readme.read_text()
+    block, render = ("frontier", frontier_markdown) if "points" in report else (
+        "demo-report", readme_summary)
+    BEGIN, END = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
     if BEGIN not in text or END not in text:
         print(f"{readme}: no {BEGIN} ... {END} block", file=sys.stderr)
         return 1
     head, rest = text.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
-    readme.write_text(f"{head}{BEGIN}\n{readme_summary(report)}\n{END}{tail}")
+    readme.write_text(f"{head}{BEGIN}\n{render(report)}\n{END}{tail}")
     print(f"updated {readme}")
     return 0
 

@@ -60,6 +60,11 @@ def test_frontier_on_the_demo_corpus(tmp_path, capsys):
         # (a random teacher's landmarks can collapse: then no face has a finite NME)
         assert p["nme_jittered"]["n"] > 0 or math.isnan(p["nme_jittered"]["value"])
     assert (out / "frontier.png").stat().st_size > 10_000
+    from deid.evaluation.frontier import frontier_markdown
+
+    md = frontier_markdown(res)  # the README's table (docs/update_readme.py)
+    assert md.index("| blur-4 | blur |") < md.index("| lowres-16 | lowres |")
+    assert "56 images of 7 identities" in md or "identities" in md
     # a rerun skips what is done; another config is refused in one line
     assert optics_main(args) == 0
     capsys.readouterr()

@@ -43,7 +43,7 @@ from optics.kit.config import load_config, save_config
 from optics.kit.progress import progress_bar
 from optics.kit.resize import resize_to
 
-__all__ = ["FrontierConfig", "SWEEP", "frontier", "plot_frontier"]
+__all__ = ["FrontierConfig", "SWEEP", "frontier", "plot_frontier", "frontier_markdown"]
 
 log = logging.getLogger(__name__)
 
@@ -250,3 +250,30 @@ def plot_frontier(result: dict, path) -> Path:
     path = Path(path)
     fig.savefig(path, dpi=110)
     return path
+
+
+def frontier_markdown(result: dict) -> str:
+    """The frontier as a markdown table (the README's), families in sweep order, weakest
+    first, stage-1 runs last."""
+    ids = result["identity_set"]
+    base = result["reid_baselines"]
+    lines = [f"Jittered NME of the best regressor / the mean shape's ({result['test_faces']} test "
+             f"faces) against the worst re-identification top-1 over attacks "
+             f"({', '.join(result['config']['attacks'])}) and judges "
+             f"({', '.join(result['judges'])}), {ids['images']} images of {ids['identities']} "
+             f"identities; chance {base['chance']['value']:.2f}, colour floor "
+             f"{base['colour_floor_mean_rgb']['value']:.2f} (mean RGB). Clean teacher: "
+             f"{result['teacher_clean']['ratio_to_mean_shape']:.2f}.", "",
+             "| camera | family | NME ratio [95%] | worst re-ID [95%] | by |",
+             "| --- | --- | ---: | ---: | --- |"]
+    order = {c: i for i, c in enumerate(c for fam in SWEEP.values() for c in fam)}
+    points = sorted(result["points"].items(),
+                    key=lambda kv: (kv[1]["family"] == "stage1 run", order.get(kv[0], 99)))
+    for spec, p in points:
+        lo, hi = p["ratio_interval"]
+        w = p["worst"]
+        name = Path(spec).name if p["family"] == "stage1 run" else spec
+        lines.append(f"| {name} | {p['family']} | {p['ratio_to_mean_shape']:.2f} [{lo:.2f}, "
+                     f"{hi:.2f}] | {w['value']:.2f} [{w['lo']:.2f}, {w['hi']:.2f}] | "
+                     f"{w['attack']}, {w['judge']} |")
+    return "\n".join(lines)
