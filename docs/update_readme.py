@@ -27,9 +27,13 @@ def main(argv=None) -> int:
     if not args:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
-    report = json.loads(Path(args[0]).read_text())
     readme = Path(args[1] if len(args) > 1 else Path(__file__).resolve().parents[1] / "README.md")
-    text = readme.read_text()
+    try:
+        report = json.loads(Path(args[0]).read_text())
+        text = readme.read_text()
+    except (OSError, ValueError) as e:
+        print(f"update_readme: {e}", file=sys.stderr)
+        return 1
     block, render = ("frontier", frontier_markdown) if "points" in report else (
         "demo-report", readme_summary)
     BEGIN, END = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"

@@ -73,3 +73,10 @@ def test_frontier_on_the_demo_corpus(tmp_path, capsys):
     assert "another frontier config" in capsys.readouterr().err
     assert optics_main(["frontier", "--out", str(out), "--teacher", str(teacher),
                         "--cameras", "blur-x"]) == 2
+
+
+def test_bad_finetune_steps_is_one_line(tmp_path, capsys):
+    assert optics_main(["frontier", "--out", str(tmp_path / "f"), "--finetune-steps", "-2",
+                        "--cameras", "blur-4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "finetune_steps must be -1" in err[0], err

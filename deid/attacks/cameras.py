@@ -160,6 +160,20 @@ def _window_for_defocus(optics, defocus_um: float, min_captured: float = 0.99,
         previous, k = k, min(max_px, int(k * 1.25) + 1)
 
 
+def _z4_camera(spec: str, optics, z4_um: float, description: str,
+               grow_window: bool = False) -> AttackCamera:
+    """``optics`` with only a Noll Z4 of ``z4_um`` (um of OPD) added to its own geometry; with
+    ``grow_window`` the PSF window grows until it holds 99% of the light."""
+    if grow_window:
+        optics = optics.replace(psf_size_px=_window_for_defocus(optics, z4_um))
+    h = defocus_target_psf(optics, z4_um).float()
+
+    def fwd(x, g):
+        return form_image(x, h.to(x.device, x.dtype), optics.sensor, generator=g)
+
+    return AttackCamera(spec, fwd, h, description)
+
+
 def optical_camera(name, cam: Camera, description="") -> AttackCamera:
     """An optical :class:`Camera` (its current coefficients, frozen) as an attack camera."""
     with torch.no_grad():
@@ -206,30 +220,17 @@ def build_camera(spec: str, size: int = REFERENCE_SIZE_PX, calibration=None,
     scale = size / REFERENCE_SIZE_PX
     if spec == "none":
         return AttackCamera("none", lambda x, g: x, _delta(), "no optics")
-    if spec == "defocus" or spec.startswith("defocus-"):
+    if spec == "defocus" or spec.startswith(("defocus-", "focus-")):
         optics = get_preset("lopez2024").at_image_size(size)
-        if spec != "defocus":
-            defocus_um = _number(spec)
-            optics = optics.replace(psf_size_px=_window_for_defocus(optics, defocus_um))
-        h = defocus_target_psf(optics, defocus_um).float()
-
-        def fwd(x, g):
-            return form_image(x, h.to(x.device, x.dtype), optics.sensor, generator=g)
-
-        return AttackCamera(spec, fwd, h,
-                            f"lopez2024 optics, {defocus_um} um Z4 only"
-                            + (" (H_f)" if spec == "defocus" else ""))
-    if spec.startswith("focus-"):
-        optics = get_preset("lopez2024").at_image_size(size)
-        z4 = best_focus_z4_um(optics) + _number(spec)
-        optics = optics.replace(psf_size_px=_window_for_defocus(optics, z4))
-        h = defocus_target_psf(optics, z4).float()
-
-        def fwd_focus(x, g):
-            return form_image(x, h.to(x.device, x.dtype), optics.sensor, generator=g)
-
-        return AttackCamera(spec, fwd_focus, h, f"lopez2024 optics refocused on the face, "
-                                                f"then {_number(spec)} um Z4")
+        if spec == "defocus":
+            return _z4_camera(spec, optics, defocus_um,
+                              f"lopez2024 optics, {defocus_um} um Z4 only (H_f)")
+        d = _number(spec)
+        if spec.startswith("focus-"):  # counted from best focus on the face
+            return _z4_camera(spec, optics, best_focus_z4_um(optics) + d, f"lopez2024 optics "
+                              f"refocused on the face, then {d} um Z4", grow_window=True)
+        return _z4_camera(spec, optics, d, f"lopez2024 optics, {d} um Z4 only",
+                          grow_window=True)
     if spec == "lr16":
         return optical_camera("lr16", Camera(get_preset("lr16").at_image_size(size)),
                               "16x16 sensor behind an in-focus lens")

@@ -82,6 +82,11 @@ class FrontierConfig:
     seed: int = 0
     runs: list = field(default_factory=list)
 
+    def __post_init__(self):
+        if self.finetune_steps < -1:
+            raise ValueError(f"finetune_steps must be -1 (the stage-1 recipe's), 0 or more; "
+                             f"got {self.finetune_steps}")
+
 
 def _family(spec: str) -> str:
     for fam, specs in SWEEP.items():
@@ -91,14 +96,16 @@ def _family(spec: str) -> str:
 
 
 def _recipe(cfg: FrontierConfig) -> Stage1Config:
-    """The stage-1 config whose fine-tuning recipe the classic cameras get."""
+    """The stage-1 config whose fine-tuning recipe the classic cameras get: ``stage1_config``,
+    else the first run's, else the repository's demo config, else the defaults."""
+    if cfg.stage1_config:
+        if not Path(cfg.stage1_config).is_file():
+            raise FileNotFoundError(f"stage-1 config not found: {cfg.stage1_config}")
+        return load_config(Stage1Config, cfg.stage1_config)
     demo = Path(__file__).resolve().parents[2] / "configs" / "stage1-demo.yaml"
-    for path in ([cfg.stage1_config] if cfg.stage1_config else []) + [
-            str(Path(r) / "config.yaml") for r in cfg.runs[:1]] + [str(demo)]:
-        if Path(path).is_file():
+    for path in [Path(r) / "config.yaml" for r in cfg.runs[:1]] + [demo]:
+        if path.is_file():
             return load_config(Stage1Config, path)
-        if path == cfg.stage1_config:
-            raise FileNotFoundError(f"stage-1 config not found: {path}")
     return Stage1Config()
 
 

@@ -263,8 +263,8 @@ class Stage1Trainer:
         target_z4 = target_z4_um(cfg, camera.config)
         self.target_psf = defocus_target_psf(camera.config, target_z4).to(self.device)
         groups = [{"params": [p for p in camera.parameters() if p.requires_grad],
-                   "lr": cfg.lr_optics, "role": "optics"},
-                  {"params": list(student.parameters()), "lr": cfg.lr_fan, "role": "fan"}]
+                   "lr": cfg.lr_optics},
+                  {"params": list(student.parameters()), "lr": cfg.lr_fan}]
         groups = [g for g in groups if g["params"]]
         self.optimizer = torch.optim.Adam(groups)
         self.ddp = self.model
@@ -395,9 +395,8 @@ class Stage1Trainer:
         x, gens, affines = self.batch(self.step)
         joint = self.step < self.cfg.steps
         out = self.losses(x, gens, noise=self.cfg.noise, affines=affines if joint else None)
-        for group in self.optimizer.param_groups:
-            if group.get("role") == "fan":
-                group["lr"] = regressor_lr(self.cfg, self.step)
+        # U's group is the last one (the optics group is dropped when nothing is trainable)
+        self.optimizer.param_groups[-1]["lr"] = regressor_lr(self.cfg, self.step)
         self.optimizer.zero_grad(set_to_none=True)
         # joint: every term; afterwards only U's heatmap term, and the camera stays as it is
         (out["loss"] if joint else self.cfg.alpha2 * out["hmap"]).backward()
