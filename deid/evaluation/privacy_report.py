@@ -59,7 +59,7 @@ from deid.evaluation.reid_table import baseline_rows
 from deid.evaluation.tables import report_markdown
 from deid.faces.corpus import FaceSets, load_face_sets
 from deid.faces.corpus_builder import ensure_demo_corpus
-from optics.kit.files import locked, write_text_atomic
+from optics.kit.files import atomic_path, locked, write_text_atomic
 from optics.kit.imageio import load_image, save_image
 from optics.kit.paths import home_subdir
 from optics.kit.progress import progress_bar
@@ -163,9 +163,8 @@ class _Pairs:
                 self._judge = Judge(self.faces, lpips=self.lpips, judges=fns,
                                     seed=self.cfg.seed, clean=clean)
                 if clean is None:
-                    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-                    np.savez(tmp, **self._judge.clean)
-                    os.replace(tmp, path)
+                    with atomic_path(path) as tmp:
+                        np.savez(tmp, **self._judge.clean)
         return self._judge
 
     def denoiser(self) -> None:

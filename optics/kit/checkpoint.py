@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
+
+from optics.kit.files import atomic_path
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint"]
 
@@ -13,12 +14,9 @@ __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint"]
 def save_checkpoint(state: dict, path) -> Path:
     """Write atomically (temp file + rename), so an interrupted save never leaves a torn
     checkpoint behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return Path(path)
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

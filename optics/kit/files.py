@@ -13,17 +13,29 @@ import fcntl
 import os
 from pathlib import Path
 
-__all__ = ["write_text_atomic", "locked"]
+__all__ = ["atomic_path", "write_text_atomic", "locked"]
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temp path beside ``path`` (hidden, named after this process, same suffix, so
+    writers that add a suffix such as ``np.savez`` keep it); when the block ends, rename it
+    onto ``path``. On an error the temp file is removed and ``path`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_text_atomic(path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temp file named after this process, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    """Write ``text`` to ``path`` atomically (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 @contextlib.contextmanager
