@@ -102,6 +102,53 @@ def test_regressor_phase_freezes_the_camera_and_resumes_exactly(corpus, tmp_path
     assert ca == json.loads((b / "coefficients.json").read_text())["coefficients"]
 
 
+def test_regressor_restart_from_the_teacher(corpus, tmp_path):
+    """``regressor_init: teacher``: at the first regressor step U is the teacher again, with
+    fresh Adam moments (the camera keeps what the joint phase learned); resuming across the
+    restart is exact."""
+    from deid.faces.fan import FAN, FANConfig
+    from deid.methods.stage1.trainer import Stage1Config, Stage1Trainer
+    from optics.kit.distributed import DistInfo
+
+    with pytest.raises(ValueError, match="regressor_init"):
+        Stage1Config(regressor_init="scratch")
+    torch.manual_seed(0)
+    teacher = FAN.from_config(FANConfig(input_size=64, width=16))
+    faces = torch.rand(4, 3, 64, 64)
+    cfg = Stage1Config(image_size=64, batch_size=2, steps=2, regressor_steps=2, lr_fan=1e-2,
+                       regressor_init="teacher")
+    trainer = Stage1Trainer(cfg, tmp_path, DistInfo(), faces, teacher)
+    for _ in range(2):
+        trainer.train_step()
+    student = trainer.model.student
+    assert any(not torch.equal(a, b) for a, b in zip(student.state_dict().values(),
+                                                     teacher.state_dict().values()))
+    coeffs = trainer.camera.coefficients_dict()
+    trainer._restart_regressor()
+    for (k, a), b in zip(student.state_dict().items(), teacher.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert all(p not in trainer.optimizer.state for p in student.parameters())
+    assert trainer.camera.coefficients_dict() == coeffs  # the camera is untouched
+    assert all(p in trainer.optimizer.state for p in trainer.camera.parameters()
+               if p.requires_grad)
+    # through the CLI: 3 joint + 3 regressor steps in one go == stopped at the restart, resumed
+    a, b, j = tmp_path / "a", tmp_path / "b", tmp_path / "j"
+    for out, extra in ((a, "regressor_steps=3"), (b, "regressor_steps=0")):
+        r = stage1(corpus, out, "--steps", "3", "--set", extra,
+                   "--set", "regressor_init=teacher")
+        assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "optics", "train-stage1", "--resume", str(b),
+                        "--set", "regressor_steps=3", "--no-report", "--quiet"],
+                       capture_output=True, text=True, env={**os.environ, "PRIVLENS_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    r = stage1(corpus, j, "--steps", "3", "--set", "regressor_steps=3")
+    assert r.returncode == 0, r.stderr
+    ra, rb, rj = rows(a), rows(b), rows(j)
+    assert ra == [{**x, "seconds": y["seconds"]} for x, y in zip(rb, ra, strict=True)]
+    assert ra[:3] == [{**x, "seconds": y["seconds"]} for x, y in zip(rj[:3], ra[:3])]
+    assert ra[3]["hmap"] != rj[3]["hmap"]  # U restarted: not where the joint phase left it
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_match_one(corpus, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"

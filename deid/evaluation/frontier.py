@@ -67,7 +67,8 @@ class FrontierConfig:
         attacks: attacks of the worst case (``identity``, ``matched``, ``wiener``, ``rl``,
             ``tv``, ``pnp``, ``ddrm``, ``inversion``).
         finetune_steps: regressor fine-tuning steps per classic camera (0: the teacher as is;
-            -1: the stage-1 recipe's ``steps + regressor_steps``).
+            -1: as many as the stage-1 recipe gives U: ``regressor_steps`` when U restarts
+            from the teacher, else ``steps + regressor_steps``).
         stage1_config: stage-1 config file whose steps, batch, U learning-rate schedule,
             seed and augmentation the fine-tuning uses (empty: the first ``--run``'s
             config, else the repository's ``configs/stage1-demo.yaml``, else the defaults).

@@ -187,8 +187,8 @@ def register(sub) -> None:
     p.add_argument("--attacks", help=f"comma-separated subset of {','.join(METHODS)} "
                                      "(default identity,matched,wiener)")
     p.add_argument("--finetune-steps", type=int, metavar="N",
-                   help="regressor fine-tuning steps per camera (default -1: the stage-1 "
-                        "recipe's steps + regressor_steps; 0: the teacher as is)")
+                   help="regressor fine-tuning steps per camera (default -1: as many as "
+                        "the stage-1 recipe gives U behind its camera; 0: the teacher as is)")
     p.add_argument("--config", help="FrontierConfig YAML")
     add_overrides(p, "seed=1")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -32,8 +32,9 @@ CameraFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 def finetune_regressor(camera: CameraFn, teacher: torch.nn.Module, train_images: torch.Tensor,
                        cfg: Stage1Config, steps: int | None = None, progress: bool = False,
                        desc: str = "regressor") -> torch.nn.Module:
-    """A copy of ``teacher`` trained for ``steps`` (default ``steps + regressor_steps`` of
-    ``cfg``) on ``|U(camera(x)) - U*(x)|`` with the stage-1 config's batch size, seed,
+    """A copy of ``teacher`` trained for ``steps`` (default: what U of a stage-1 run with
+    ``cfg`` gets behind its final camera: ``regressor_steps`` if ``regressor_init`` is
+    ``teacher``, else ``steps + regressor_steps``) on ``|U(camera(x)) - U*(x)|`` with the stage-1 config's batch size, seed,
     augmentation and U learning-rate schedule (:func:`regressor_lr`: ``lr_fan``, then a
     cosine over the last ``regressor_steps``); returns it in eval mode. Deterministic for a
     seed (CPU)."""
@@ -42,7 +43,8 @@ def finetune_regressor(camera: CameraFn, teacher: torch.nn.Module, train_images:
     teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
     opt = torch.optim.Adam(student.parameters(), lr=cfg.lr_fan)
     size = student.config.input_size
-    steps = cfg.steps + cfg.regressor_steps if steps is None else steps
+    if steps is None:
+        steps = cfg.regressor_steps + (0 if cfg.regressor_init == "teacher" else cfg.steps)
     aug = cfg.augmentation()
     bar = progress_bar(range(steps), desc=desc, unit="step", disable=not progress)
     for step in bar:

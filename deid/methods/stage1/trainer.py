@@ -90,6 +90,9 @@ class Stage1Config:
         regressor_steps: then this many steps that train U alone behind the frozen camera,
             its learning rate decaying from ``lr_fan`` to 0 on a cosine (a resumed run
             continues up to ``steps + regressor_steps``).
+        regressor_init: where U starts that phase: ``joint`` (U as the joint phase left it)
+            or ``teacher`` (a fresh copy of the teacher with fresh Adam moments: the
+            fine-tuning the frontier gives every classic camera, behind the learned one).
         batch_size: global batch (split across DDP processes).
         lr_optics: Adam step for the coefficients, um per step.
         lr_fan: Adam step for the student U.
@@ -130,6 +133,7 @@ class Stage1Config:
     energy_weight: float = 10.0
     steps: int = 500
     regressor_steps: int = 0
+    regressor_init: str = "joint"
     batch_size: int = 8
     lr_optics: float = 0.02
     lr_fan: float = 1e-4
@@ -149,6 +153,9 @@ class Stage1Config:
     def __post_init__(self):
         if self.regressor_steps < 0:
             raise ValueError(f"regressor_steps must be >= 0, got {self.regressor_steps}")
+        if self.regressor_init not in ("joint", "teacher"):
+            raise ValueError(f"regressor_init must be 'joint' or 'teacher', got "
+                             f"{self.regressor_init!r}")
         if self.steps < 0 or self.batch_size < 1 or self.image_size < 16:
             raise ValueError("need steps >= 0, batch_size >= 1 and image_size >= 16")
         for name in ("alpha1", "alpha2", "identity_weight", "identity_spread_weight",
@@ -390,8 +397,20 @@ class Stage1Trainer:
         """Joint steps, then regressor-only steps."""
         return self.cfg.steps + self.cfg.regressor_steps
 
+    def _restart_regressor(self) -> None:
+        """U back to the teacher's weights, its Adam moments dropped (``regressor_init:
+        teacher``); runs once, at the first regressor step (a run resumed later has the
+        restarted U in its checkpoint)."""
+        student = self.model.student
+        student.load_state_dict(self.teacher.state_dict())
+        for p in student.parameters():
+            self.optimizer.state.pop(p, None)
+
     def train_step(self) -> dict:
         t0 = time.perf_counter()
+        if self.step == self.cfg.steps and self.cfg.regressor_init == "teacher" \
+                and self.cfg.regressor_steps > 0:
+            self._restart_regressor()
         x, gens, affines = self.batch(self.step)
         joint = self.step < self.cfg.steps
         out = self.losses(x, gens, noise=self.cfg.noise, affines=affines if joint else None)
