@@ -84,6 +84,9 @@ def test_regressor_phase_freezes_the_camera_and_resumes_exactly(corpus, tmp_path
     assert lrs[:4] == [1e-3] * 4 and lrs[4] == pytest.approx(1e-3)
     assert lrs[6] == pytest.approx(0.5e-3) and lrs[7] < lrs[6] and min(lrs) > 0
     assert regressor_lr(cfg, 1, total=2) == pytest.approx(0.5e-3)
+    fast = dataclasses.replace(cfg, lr_regressor=3e-3)  # the cosine starts higher
+    assert [regressor_lr(fast, k) for k in range(4)] == lrs[:4]
+    assert [regressor_lr(fast, k) for k in range(4, 8)] == pytest.approx([3 * v for v in lrs[4:]])
     a, b = tmp_path / "a", tmp_path / "b"
     r = stage1(corpus, a, "--steps", "3", "--set", "regressor_steps=3")
     assert r.returncode == 0, r.stderr
@@ -122,10 +125,12 @@ def test_regressor_restart_from_the_teacher(corpus, tmp_path):
         trainer.train_step()
     student = trainer.model.student
     assert any(not torch.equal(a, b) for a, b in zip(student.state_dict().values(),
-                                                     teacher.state_dict().values()))
+                                                     teacher.state_dict().values(),
+                                                     strict=True))
     coeffs = trainer.camera.coefficients_dict()
     trainer._restart_regressor()
-    for (k, a), b in zip(student.state_dict().items(), teacher.state_dict().values()):
+    for (k, a), b in zip(student.state_dict().items(), teacher.state_dict().values(),
+                         strict=True):
         assert torch.equal(a, b), k
     assert all(p not in trainer.optimizer.state for p in student.parameters())
     assert trainer.camera.coefficients_dict() == coeffs  # the camera is untouched
@@ -145,7 +150,8 @@ def test_regressor_restart_from_the_teacher(corpus, tmp_path):
     assert r.returncode == 0, r.stderr
     ra, rb, rj = rows(a), rows(b), rows(j)
     assert ra == [{**x, "seconds": y["seconds"]} for x, y in zip(rb, ra, strict=True)]
-    assert ra[:3] == [{**x, "seconds": y["seconds"]} for x, y in zip(rj[:3], ra[:3])]
+    assert ra[:3] == [{**x, "seconds": y["seconds"]} for x, y in zip(rj[:3], ra[:3],
+                                                                      strict=True)]
     assert ra[3]["hmap"] != rj[3]["hmap"]  # U restarted: not where the joint phase left it
 
 

@@ -32,12 +32,13 @@ CameraFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 def finetune_regressor(camera: CameraFn, teacher: torch.nn.Module, train_images: torch.Tensor,
                        cfg: Stage1Config, steps: int | None = None, progress: bool = False,
                        desc: str = "regressor") -> torch.nn.Module:
-    """A copy of ``teacher`` trained for ``steps`` (default: what U of a stage-1 run with
-    ``cfg`` gets behind its final camera: ``regressor_steps`` if ``regressor_init`` is
-    ``teacher``, else ``steps + regressor_steps``) on ``|U(camera(x)) - U*(x)|`` with the stage-1 config's batch size, seed,
-    augmentation and U learning-rate schedule (:func:`regressor_lr`: ``lr_fan``, then a
-    cosine over the last ``regressor_steps``); returns it in eval mode. Deterministic for a
-    seed (CPU)."""
+    """A copy of ``teacher`` trained for ``steps`` on ``|U(camera(x)) - U*(x)|``, with the
+    stage-1 config's batch size, seed, augmentation and U learning-rate schedule
+    (:func:`regressor_lr`: ``lr_fan``, then a cosine from ``lr_regressor`` over the last
+    ``regressor_steps``); returns it in eval mode. Deterministic for a seed (CPU).
+    ``steps`` defaults to what U of a stage-1 run with ``cfg`` gets behind its final camera:
+    ``regressor_steps`` if ``regressor_init`` is ``teacher``, else ``steps +
+    regressor_steps``."""
     device = next(teacher.parameters()).device
     student = copy.deepcopy(teacher).train().requires_grad_(True)
     teacher = copy.deepcopy(teacher).eval().requires_grad_(False)

@@ -93,6 +93,7 @@ class Stage1Config:
         regressor_init: where U starts that phase: ``joint`` (U as the joint phase left it)
             or ``teacher`` (a fresh copy of the teacher with fresh Adam moments: the
             fine-tuning the frontier gives every classic camera, behind the learned one).
+        lr_regressor: U's learning rate where that phase's cosine starts (0: ``lr_fan``).
         batch_size: global batch (split across DDP processes).
         lr_optics: Adam step for the coefficients, um per step.
         lr_fan: Adam step for the student U.
@@ -134,6 +135,7 @@ class Stage1Config:
     steps: int = 500
     regressor_steps: int = 0
     regressor_init: str = "joint"
+    lr_regressor: float = 0.0
     batch_size: int = 8
     lr_optics: float = 0.02
     lr_fan: float = 1e-4
@@ -160,7 +162,7 @@ class Stage1Config:
             raise ValueError("need steps >= 0, batch_size >= 1 and image_size >= 16")
         for name in ("alpha1", "alpha2", "identity_weight", "identity_spread_weight",
                      "attack_identity_weight", "attack_margin", "energy_weight", "lr_optics",
-                     "lr_fan", "init_std_um"):
+                     "lr_fan", "lr_regressor", "init_std_um"):
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
                 raise ValueError(f"{name} must be finite and >= 0, got {v}")
@@ -200,14 +202,15 @@ def build_camera(cfg: Stage1Config, generator: torch.Generator | None = None) ->
 
 def regressor_lr(cfg: Stage1Config, step: int, total: int | None = None) -> float:
     """U's learning rate at ``step`` (0-based) of a run of ``total`` steps (default
-    ``steps + regressor_steps``): ``lr_fan``, then a cosine to 0 over the last
-    ``regressor_steps`` steps."""
+    ``steps + regressor_steps``): ``lr_fan``, then a cosine from ``lr_regressor`` (0:
+    ``lr_fan``) to 0 over the last ``regressor_steps`` steps."""
     total = cfg.steps + cfg.regressor_steps if total is None else total
     decay = min(cfg.regressor_steps, total)
     k = step - (total - decay)
     if decay == 0 or k < 0:
         return cfg.lr_fan
-    return cfg.lr_fan * 0.5 * (1.0 + math.cos(math.pi * k / decay))
+    top = cfg.lr_regressor or cfg.lr_fan
+    return top * 0.5 * (1.0 + math.cos(math.pi * k / decay))
 
 
 def target_z4_um(cfg: Stage1Config, camera_config) -> float:
