@@ -13,7 +13,7 @@ from deid.methods.stage1.regressor import finetune_regressor
 from deid.methods.stage1.trainer import Stage1Config
 from optics.cli.main import main as optics_main
 from optics.kit.checkpoint import save_checkpoint
-from optics.kit.config import to_dict
+from optics.kit.config import save_config, to_dict
 
 
 def test_finetune_regressor_moves_the_student_towards_the_teacher():
@@ -37,6 +37,26 @@ def test_finetune_regressor_moves_the_student_towards_the_teacher():
         before = (teacher(blur(x, None)) - t).abs().mean()
         after = (tuned(blur(x, None)) - t).abs().mean()
     assert after < before
+
+
+def test_finetune_steps_default_to_what_stage1_gives_u():
+    """A classic camera's regressor gets as many steps as U of a stage-1 run with the same
+    recipe gets behind its final camera."""
+    torch.manual_seed(0)
+    teacher = FAN.from_config(FANConfig(input_size=32, width=8, depth=2))
+    x = torch.rand(4, 3, 32, 32)
+    seen = []
+
+    def cam(images, g):
+        seen.append(1)
+        return images
+
+    for init, expected in (("joint", 3 + 2), ("teacher", 2)):
+        seen.clear()
+        cfg = Stage1Config(image_size=32, batch_size=1, steps=3, regressor_steps=2,
+                           regressor_init=init)
+        finetune_regressor(cam, teacher, x, cfg)
+        assert len(seen) == expected, init
 
 
 @pytest.mark.slow
@@ -73,6 +93,19 @@ def test_frontier_on_the_demo_corpus(tmp_path, capsys):
     assert "another frontier config" in capsys.readouterr().err
     assert optics_main(["frontier", "--out", str(out), "--teacher", str(teacher),
                         "--cameras", "blur-x"]) == 2
+    # points fine-tuned with another recipe (the stage-1 config changed) are not reused
+    recipe = tmp_path / "s1.yaml"
+    save_config(Stage1Config(image_size=64, lr_regressor=3e-3), recipe)
+    again = ["frontier", "--out", str(tmp_path / "fr2"), "--teacher", str(teacher), "--cameras",
+             "blur-4", "--finetune-steps", "2", "--set", "size=64", "--set",
+             f"stage1_config={recipe}", "--quiet"]
+    assert optics_main(again) == 0
+    assert json.loads((tmp_path / "fr2" / "frontier.json").read_text())["recipe"][
+        "lr_regressor"] == 3e-3
+    save_config(Stage1Config(image_size=64, lr_regressor=1e-2), recipe)
+    capsys.readouterr()
+    assert optics_main(again) == 2
+    assert "another fine-tuning recipe" in capsys.readouterr().err
 
 
 def test_bad_finetune_steps_is_one_line(tmp_path, capsys):

@@ -110,6 +110,14 @@ def _recipe(cfg: FrontierConfig) -> Stage1Config:
     return Stage1Config()
 
 
+def _recipe_fields(s1: Stage1Config) -> dict:
+    """The stage-1 fields that decide how a classic camera's regressor is fine-tuned."""
+    keys = ("steps", "regressor_steps", "regressor_init", "lr_fan", "lr_regressor",
+            "batch_size", "seed", "augment", "augment_rotation_deg", "augment_scale",
+            "augment_shift")
+    return {k: getattr(s1, k) for k in keys}
+
+
 def _privacy(cam, faces_train, johns, ids, judges, clean, attacks, seed) -> dict:
     """Re-ID with intervals per attack and judge, and the worst case."""
     size = johns.shape[-1]
@@ -174,8 +182,11 @@ def frontier(out_dir, teacher_path, root, config: FrontierConfig | None = None,
         if any(old["config"].get(k) != (list(v) if isinstance(v, tuple) else v)
                for k, v in asdict(cfg).items() if k in keys):
             raise ValueError(f"{path} was made with another frontier config; use another --out")
+        if old.get("recipe") != _recipe_fields(s1):
+            raise ValueError(f"{path} was made with another fine-tuning recipe; use another "
+                             f"--out")
         points = old.get("points", {})
-    result = {"config": asdict(cfg), "judges": list(judges),
+    result = {"config": asdict(cfg), "recipe": _recipe_fields(s1), "judges": list(judges),
               "identity_set": {"images": int(len(ids)), "identities": int(len(set(ids)))},
               "test_faces": int(len(sets.images["test_jittered"])),
               "mean_shape_nme_jittered": mean_with_interval(shape_err,
