@@ -93,6 +93,18 @@ def test_frontier_on_the_demo_corpus(tmp_path, capsys):
     assert "another frontier config" in capsys.readouterr().err
     assert optics_main(["frontier", "--out", str(out), "--teacher", str(teacher),
                         "--cameras", "blur-x"]) == 2
+    # parts run in parallel merge into one frontier
+    part = ["frontier", "--out", str(tmp_path / "fr3"), "--teacher", str(teacher), "--cameras",
+            "mosaic-8", "--finetune-steps", "2", "--set", "size=64", "--quiet"]
+    assert optics_main(part) == 0
+    merged_dir = tmp_path / "merged"
+    assert optics_main(["frontier", "--out", str(merged_dir), "--merge", str(out),
+                        "--merge", str(tmp_path / "fr3")]) == 0
+    merged = json.loads((merged_dir / "frontier.json").read_text())
+    assert set(merged["points"]) == {"blur-4", "lowres-16", "mosaic-8"}
+    assert merged["points"]["mosaic-8"] == json.loads(
+        (tmp_path / "fr3" / "frontier.json").read_text())["points"]["mosaic-8"]
+    assert (merged_dir / "frontier.png").stat().st_size > 10_000
     # points fine-tuned with another recipe (the stage-1 config changed) are not reused
     recipe = tmp_path / "s1.yaml"
     save_config(Stage1Config(image_size=64, lr_regressor=3e-3), recipe)
@@ -106,6 +118,10 @@ def test_frontier_on_the_demo_corpus(tmp_path, capsys):
     capsys.readouterr()
     assert optics_main(again) == 2
     assert "another fine-tuning recipe" in capsys.readouterr().err
+    assert optics_main(["frontier", "--out", str(tmp_path / "m2"), "--merge", str(out),
+                        "--merge", str(tmp_path / "fr2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "differs" in err[0] and "recipe" in err[0], err
 
 
 def test_bad_finetune_steps_is_one_line(tmp_path, capsys):

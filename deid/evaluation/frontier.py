@@ -43,7 +43,8 @@ from optics.kit.config import load_config, save_config
 from optics.kit.progress import progress_bar
 from optics.kit.resize import resize_to
 
-__all__ = ["FrontierConfig", "SWEEP", "frontier", "plot_frontier", "frontier_markdown"]
+__all__ = ["FrontierConfig", "SWEEP", "frontier", "merge_frontiers", "plot_frontier",
+           "frontier_markdown"]
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +221,44 @@ def frontier(out_dir, teacher_path, root, config: FrontierConfig | None = None,
     path.write_text(json.dumps(result, indent=1) + "\n")
     plot_frontier(result, out / "frontier.png")
     return result
+
+
+#: What frontier parts must share to be merged (beside the recipe and the judges).
+_SHARED = ("size", "attacks", "finetune_steps", "seed")
+
+
+def merge_frontiers(out_dir, parts) -> dict:
+    """One frontier from the ``frontier.json`` of several folders (e.g. camera subsets run
+    in parallel): they must share size, attacks, fine-tuning, seed, recipe, judges and test
+    sets, else a one-line ``ValueError``; a camera in several parts is taken from the first.
+    Writes ``frontier.json`` and ``frontier.png`` into ``out_dir``."""
+    results = []
+    for part in parts:
+        path = Path(part) / "frontier.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no frontier.json in {part}")
+        results.append((path, json.loads(path.read_text())))
+    if not results:
+        raise ValueError("nothing to merge")
+    first_path, merged = results[0]
+    merged = json.loads(json.dumps(merged))  # a copy
+    for path, r in results[1:]:
+        for key in ("recipe", "judges", "identity_set", "test_faces", "mean_shape_nme_jittered"):
+            if r.get(key) != merged.get(key):
+                raise ValueError(f"{path} differs from {first_path} in {key}; cannot merge")
+        for key in _SHARED:
+            if r["config"].get(key) != merged["config"].get(key):
+                raise ValueError(f"{path} differs from {first_path} in {key}; cannot merge")
+        for spec, point in r["points"].items():
+            merged["points"].setdefault(spec, point)
+        for key in ("cameras", "runs"):
+            merged["config"][key] = list(dict.fromkeys(merged["config"][key] + r["config"][key]))
+    merged["merged_from"] = [str(Path(p).parent) for p, _ in results]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "frontier.json").write_text(json.dumps(merged, indent=1) + "\n")
+    plot_frontier(merged, out / "frontier.png")
+    return merged
 
 
 _STYLE = {"blur": ("tab:blue", "o"), "defocus": ("tab:orange", "s"),

@@ -8,7 +8,7 @@ from pathlib import Path
 from deid.attacks.attacker import METHODS, AttackConfig
 from deid.attacks.cameras import BASELINES, DEFAULT_CAMERAS, check_camera_spec
 from deid.evaluation.attack_job import attack_job
-from deid.evaluation.frontier import FrontierConfig, frontier
+from deid.evaluation.frontier import FrontierConfig, frontier, merge_frontiers
 from deid.evaluation.privacy_report import privacy_report
 from deid.evaluation.tables import report_markdown
 from deid.faces.corpus import load_face_sets
@@ -72,6 +72,11 @@ def cmd_privacy_report(args) -> int:
 
 
 def cmd_frontier(args) -> int:
+    if args.merge:
+        result = merge_frontiers(args.out, args.merge)
+        print(f"merged {len(result['points'])} points from {len(args.merge)} folders; wrote "
+              f"{Path(args.out) / 'frontier.json'} and frontier.png")
+        return 0
     cfg = load_config(FrontierConfig, args.config) if args.config else FrontierConfig()
     cfg = apply_overrides(cfg, args.overrides)
     if args.cameras:
@@ -178,7 +183,8 @@ def register(sub) -> None:
                     "rerun skips done cameras) and frontier.png.",
         epilog="examples:\n  optics frontier --out runs/frontier --run runs/demo/stage1\n"
                "  optics frontier --out runs/quick --cameras blur-4,blur-16 "
-               "--finetune-steps 20"))
+               "--finetune-steps 20\n"
+               "  optics frontier --out runs/fr --merge runs/fr-blur --merge runs/fr-mosaic"))
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--run", action="append", metavar="DIR", help="a stage-1 run (repeatable)")
     p.add_argument("--teacher", metavar="FILE",
@@ -190,6 +196,9 @@ def register(sub) -> None:
                    help="regressor fine-tuning steps per camera (default -1: as many as "
                         "the stage-1 recipe gives U behind its camera; 0: the teacher as is)")
     p.add_argument("--config", help="FrontierConfig YAML")
+    p.add_argument("--merge", action="append", metavar="DIR",
+                   help="instead of running, merge the frontiers of these folders (e.g. "
+                        "camera subsets run in parallel) into --out (repeatable)")
     add_overrides(p, "seed=1")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_frontier)
