@@ -93,6 +93,11 @@ def test_frontier_on_the_demo_corpus(tmp_path, capsys):
     assert "another frontier config" in capsys.readouterr().err
     assert optics_main(["frontier", "--out", str(out), "--teacher", str(teacher),
                         "--cameras", "blur-x"]) == 2
+    # --cameras '': no classic camera (a part holding only --run points)
+    assert optics_main(["frontier", "--out", str(tmp_path / "none"), "--teacher", str(teacher),
+                        "--cameras", "", "--finetune-steps", "2", "--set", "size=64",
+                        "--quiet"]) == 0
+    assert json.loads((tmp_path / "none" / "frontier.json").read_text())["points"] == {}
     # parts run in parallel merge into one frontier
     part = ["frontier", "--out", str(tmp_path / "fr3"), "--teacher", str(teacher), "--cameras",
             "mosaic-8", "--finetune-steps", "2", "--set", "size=64", "--quiet"]

@@ -79,7 +79,7 @@ def cmd_frontier(args) -> int:
         return 0
     cfg = load_config(FrontierConfig, args.config) if args.config else FrontierConfig()
     cfg = apply_overrides(cfg, args.overrides)
-    if args.cameras:
+    if args.cameras is not None:  # "": no classic camera (only the --run points)
         cfg = dataclasses.replace(cfg, cameras=tuple(c for c in args.cameras.split(",") if c))
     if args.attacks:
         cfg = dataclasses.replace(cfg, attacks=tuple(a for a in args.attacks.split(",") if a))
@@ -189,7 +189,8 @@ def register(sub) -> None:
     p.add_argument("--run", action="append", metavar="DIR", help="a stage-1 run (repeatable)")
     p.add_argument("--teacher", metavar="FILE",
                    help="teacher fan.pt (default: the demo teacher, trained if missing)")
-    p.add_argument("--cameras", help="comma-separated classic cameras (default: the sweep)")
+    p.add_argument("--cameras", help="comma-separated classic cameras (default: the sweep; "
+                                     "'': none, only the --run points)")
     p.add_argument("--attacks", help=f"comma-separated subset of {','.join(METHODS)} "
                                      "(default identity,matched,wiener)")
     p.add_argument("--finetune-steps", type=int, metavar="N",
