@@ -40,6 +40,7 @@ from deid.methods.stage1.regressor import finetune_regressor
 from deid.methods.stage1.trainer import Stage1Config
 from deid.methods.teacher import load_teacher
 from optics.kit.config import load_config, save_config
+from optics.kit.files import write_text_atomic
 from optics.kit.progress import progress_bar
 from optics.kit.resize import resize_to
 
@@ -56,6 +57,11 @@ SWEEP = {
     "mosaic": ("mosaic-4", "mosaic-8", "mosaic-16", "mosaic-32"),
     "lowres": ("lowres-64", "lowres-32", "lowres-16", "lowres-8"),
 }
+
+
+#: Config fields that points merged or resumed into one frontier must share (a resumed run
+#: must also name the same stage-1 config; merged parts are checked by the recipe itself).
+_SHARED = ("size", "attacks", "finetune_steps", "seed")
 
 
 @dataclass
@@ -179,7 +185,7 @@ def frontier(out_dir, teacher_path, root, config: FrontierConfig | None = None,
     points = {}
     if path.exists():
         old = json.loads(path.read_text())
-        keys = ("size", "attacks", "finetune_steps", "stage1_config", "seed")
+        keys = _SHARED + ("stage1_config",)
         if any(old["config"].get(k) != (list(v) if isinstance(v, tuple) else v)
                for k, v in asdict(cfg).items() if k in keys):
             raise ValueError(f"{path} was made with another frontier config; use another --out")
@@ -217,14 +223,10 @@ def frontier(out_dir, teacher_path, root, config: FrontierConfig | None = None,
         log.info("%s: NME ratio %.3f, worst re-ID %.2f (%s, %s)", spec,
                  point["ratio_to_mean_shape"], point["worst"]["value"],
                  point["worst"]["attack"], point["worst"]["judge"])
-        path.write_text(json.dumps(result, indent=1) + "\n")
-    path.write_text(json.dumps(result, indent=1) + "\n")
+        write_text_atomic(path, json.dumps(result, indent=1) + "\n")
+    write_text_atomic(path, json.dumps(result, indent=1) + "\n")
     plot_frontier(result, out / "frontier.png")
     return result
-
-
-#: What frontier parts must share to be merged (beside the recipe and the judges).
-_SHARED = ("size", "attacks", "finetune_steps", "seed")
 
 
 def merge_frontiers(out_dir, parts) -> dict:
@@ -256,7 +258,7 @@ def merge_frontiers(out_dir, parts) -> dict:
     merged["merged_from"] = [str(Path(p).parent) for p, _ in results]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "frontier.json").write_text(json.dumps(merged, indent=1) + "\n")
+    write_text_atomic(out / "frontier.json", json.dumps(merged, indent=1) + "\n")
     plot_frontier(merged, out / "frontier.png")
     return merged
 
