@@ -364,6 +364,77 @@ def test_attack_term_fast_path_equals_the_plain_computation(tmp_path):
     assert same == {True, False}, "both cases (picks equal and different) must be covered"
 
 
+def _two_face_trainer(tmp_path, **cfg_fields):
+    from deid.faces.fan import FAN, FANConfig
+    from deid.judges import identity_net
+    from deid.judges.identity_net import IdentityNet
+    from deid.methods.stage1.trainer import Stage1Config, Stage1Trainer
+    from optics.kit.distributed import DistInfo
+    from optics.kit.imageio import example_face
+
+    try:
+        weights = identity_net.fetch_identity_weights()
+    except identity_net.WeightsUnavailable as e:
+        pytest.skip(f"face-api weights unavailable: {e}")
+    torch.manual_seed(0)
+    face = example_face(64)
+    faces = torch.stack([face, face.flip(-1), face.roll(3, -1)])
+    teacher = FAN.from_config(FANConfig(input_size=64, width=16))
+    cfg = Stage1Config(image_size=64, batch_size=2, attack_identity_weight=1.0,
+                       attack_balances=(1e-4, 0.01, 1.0), attack_margin=2.0, **cfg_fields)
+    return Stage1Trainer(cfg, tmp_path, DistInfo(), faces, teacher,
+                         identity_net=IdentityNet.load(weights.parent))
+
+
+def test_clean_embeddings_are_the_twin_on_the_clean_chips(tmp_path):
+    """The attack term's targets e(x), embedded once per training image at start-up, are the
+    twin on each clean image's dlib chip; without augmentation the batch's chips are those
+    chips, so the cached targets equal what a step would compute from its batch."""
+    from deid.judges.identity_twin import twin_embed
+
+    trainer = _two_face_trainer(tmp_path, augment=False)
+    e = trainer.clean_embeddings
+    assert e.shape == (3, 128) and not e.requires_grad
+    with torch.no_grad():
+        for i in range(3):
+            one = twin_embed(trainer.twin, trainer.train_images[i:i + 1],
+                             trainer.chip_affines[i:i + 1])
+            assert torch.allclose(e[i], one[0], atol=1e-5)
+        x, _, affines = trainer.batch(4)
+        _, idx = trainer.batch_indices(4)
+        assert torch.allclose(e[idx], twin_embed(trainer.twin, x, affines), atol=1e-5)
+
+
+def test_attack_every_k_steps_weighs_the_term_k_times(tmp_path):
+    """``attack_every: 2``: the term is computed on even steps and counts twice there; on odd
+    steps it is absent from the loss and logged as NaN; the other terms are unchanged."""
+    each = _two_face_trainer(tmp_path / "a", augment=False)
+    lazy = _two_face_trainer(tmp_path / "b", augment=False, attack_every=2)
+    with pytest.raises(ValueError, match="attack_every"):
+        dataclasses.replace(lazy.cfg, attack_every=0)
+    for step in (0, 1):
+        x, gens, affines = each.batch(step)
+        e_x = each.clean_embeddings[each.batch_indices(step)[1]]
+        each.step = lazy.step = step
+        a = each.losses(x, gens, affines=affines, e_x=e_x)
+        gens = lazy.batch(step)[1]  # fresh noise generators (the first call used them)
+        b = lazy.losses(x, gens, affines=affines, e_x=e_x, with_attack=step % 2 == 0)
+        term = float(a["attack_identity"].detach())
+        assert term > 0  # margin 2 is never met
+        assert float(a["hmap"].detach()) == float(b["hmap"].detach())
+        if step == 0:
+            assert float(b["attack_identity"].detach()) == term
+            assert float(b["loss"].detach()) == pytest.approx(float(a["loss"].detach()) + term,
+                                                             rel=1e-6)
+        else:
+            assert np.isnan(float(b["attack_identity"].detach()))
+            assert float(b["loss"].detach()) == pytest.approx(float(a["loss"].detach()) - term,
+                                                             rel=1e-6)
+    lazy.step = 2
+    rows_ = [lazy.train_step() for _ in range(2)]  # steps 2 (even) and 3
+    assert rows_[0]["attack_identity"] > 0 and np.isnan(rows_[1]["attack_identity"])
+
+
 def test_attack_identity_needs_a_phase_plate():
     from deid.methods.stage1.trainer import Stage1Config
 

@@ -84,6 +84,10 @@ class Stage1Config:
             from its clean self (0.78 on the demo faces), since re-identification ranks.
         attack_balances: Wiener balances the attacker may use (comma-separated; default the
             grid the privacy report's attacker tunes over).
+        attack_every: compute the attack term on every ``attack_every``-th joint step only,
+            weighted ``attack_every`` times there (lazy regularisation: Karras et al.,
+            "Analyzing and Improving the Image Quality of StyleGAN", CVPR 2020, sec. 3.1,
+            compute R1 every 16 minibatches); 1 = every step.
         min_captured_energy: light fraction the PSF window must hold (else the halo is lost).
         energy_weight: weight of the window-energy penalty.
         steps: optimiser steps of the joint phase (optics and U together).
@@ -130,6 +134,7 @@ class Stage1Config:
     attack_identity_weight: float = 0.0
     attack_margin: float = 0.8
     attack_balances: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+    attack_every: int = 1
     min_captured_energy: float = 0.95
     energy_weight: float = 10.0
     steps: int = 500
@@ -168,6 +173,8 @@ class Stage1Config:
                 raise ValueError(f"{name} must be finite and >= 0, got {v}")
         if self.eval_every < 1 or self.ckpt_every < 1:
             raise ValueError("eval_every and ckpt_every must be >= 1")
+        if self.attack_every < 1:
+            raise ValueError(f"attack_every must be >= 1, got {self.attack_every}")
         if not 0 <= self.min_captured_energy <= 1:
             raise ValueError(
                 f"min_captured_energy must be in [0, 1], got {self.min_captured_energy}")
@@ -211,6 +218,21 @@ def regressor_lr(cfg: Stage1Config, step: int, total: int | None = None) -> floa
         return cfg.lr_fan
     top = cfg.lr_regressor or cfg.lr_fan
     return top * 0.5 * (1.0 + math.cos(math.pi * k / decay))
+
+
+@torch.no_grad()
+def clean_embeddings(twin: nn.Module, images: torch.Tensor, affines: torch.Tensor,
+                     device=None, chunk: int = 16) -> torch.Tensor:
+    """``(N, D)`` twin embeddings of the dlib chips of the clean ``images (N, C, H, W)``,
+    ``chunk`` at a time (fixed chunks, so the values do not depend on a batch order). The
+    attack term's target ``e(x)``: the augmented batch's chips are cut with the moved affines
+    (:func:`deid.faces.jitter.move_chip_affines`), i.e. they are these chips resampled once
+    more, so the clean chip is embedded once per image instead of once per step."""
+    out = []
+    for i in range(0, len(images), chunk):
+        x = images[i:i + chunk].to(device)
+        out.append(twin_embed(twin, x, affines[i:i + chunk].to(x.device)))
+    return torch.cat(out)
 
 
 def target_z4_um(cfg: Stage1Config, camera_config) -> float:
@@ -259,6 +281,7 @@ class Stage1Trainer:
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         self.identity_net = identity_net
         self.chip_affines = None
+        self.clean_embeddings = None
         self.twin = None
         if identity_net is not None:
             identity_net.to(self.device).eval().requires_grad_(False)
@@ -266,6 +289,8 @@ class Stage1Trainer:
             # dlib's alignment of the *clean* faces: the attacker's best case, fixed per image
             self.chip_affines = torch.as_tensor(
                 DlibFaceEmbedder().chip_affines(train_images), dtype=torch.float32)
+            self.clean_embeddings = clean_embeddings(self.twin, train_images, self.chip_affines,
+                                                     self.device)
         gen = torch.Generator().manual_seed(cfg.seed)
         camera = build_camera(cfg, gen).to(self.device)
         student = copy.deepcopy(teacher).train().requires_grad_(True)
@@ -314,13 +339,19 @@ class Stage1Trainer:
         return True
 
     # ------------------------------------------------------------------- step
-    def batch(self, step: int) -> tuple[torch.Tensor, list, torch.Tensor | None]:
-        """This rank's images, per-sample generators and chip affines for batch ``step``."""
+    def batch_indices(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(positions in the global batch, training-image indices)`` of this rank's part of
+        batch ``step``."""
         idx = global_batch(step, len(self.train_images), self.cfg.batch_size, self.cfg.seed)
         mine = rank_slice(torch.arange(len(idx)), self.dist.rank, self.dist.world_size)
+        return mine, idx[mine]
+
+    def batch(self, step: int) -> tuple[torch.Tensor, list, torch.Tensor | None]:
+        """This rank's images, per-sample generators and chip affines for batch ``step``."""
+        mine, images = self.batch_indices(step)
         gens = [sample_generator(self.cfg.seed, step, int(i)) for i in mine]
-        x = self.train_images[idx[mine]]
-        affines = None if self.chip_affines is None else self.chip_affines[idx[mine]]
+        x = self.train_images[images]
+        affines = None if self.chip_affines is None else self.chip_affines[images]
         if self.cfg.augment:
             params = draw_params(gens, self.cfg.augmentation())
             x, _ = jitter(x, None, params)
@@ -328,7 +359,13 @@ class Stage1Trainer:
                 affines = move_chip_affines(affines, params, x.shape[-1])
         return x.to(self.device), gens, affines
 
-    def losses(self, x, gens, noise: bool = True, affines=None) -> dict:
+    def losses(self, x, gens, noise: bool = True, affines=None, e_x=None,
+               with_attack: bool = True) -> dict:
+        """The step's loss terms of the batch ``x``. ``affines``: its dlib chip affines (the
+        identity terms need them); ``e_x``: the clean faces' twin embeddings (default: the
+        twin run on the chips of ``x``); ``with_attack``: compute the attack term at this step
+        (weighted ``attack_every`` times, see :class:`Stage1Config`); when False it is logged
+        as NaN."""
         cfg = self.cfg
         y, psf, student_hm, captured = self.ddp(x, gens, noise=noise)
         with torch.no_grad():
@@ -344,16 +381,19 @@ class Stage1Trainer:
         attack = torch.zeros((), device=x.device)
         if self.identity_net is not None and affines is not None:
             a = affines.to(x.device)
-            with torch.no_grad():
-                e_x = twin_embed(self.twin, x, a)
+            if e_x is None:
+                with torch.no_grad():
+                    e_x = twin_embed(self.twin, x, a)
             if cfg.identity_weight > 0 or cfg.identity_spread_weight > 0:
                 e_y = twin_embed(self.twin, resize_to(y, x.shape[-2:]), a)
                 ident = identity_loss(e_y, e_x, cfg.identity_margin)
                 spread = identity_spread_loss(e_y)
                 total = total + cfg.identity_weight * ident + cfg.identity_spread_weight * spread
-            if cfg.attack_identity_weight > 0:
+            if cfg.attack_identity_weight > 0 and with_attack:
                 attack = self._attack_identity(y, psf, e_x, a, x=x)
-                total = total + cfg.attack_identity_weight * attack
+                total = total + cfg.attack_every * cfg.attack_identity_weight * attack
+            elif cfg.attack_identity_weight > 0:
+                attack = torch.full((), float("nan"), device=x.device)
         return {"loss": total, "optics": optics, "image_term": image_term,
                 "psf_term": psf_term, "hmap": hmap, "identity": ident,
                 "identity_spread": spread, "attack_identity": attack, "energy_term": energy,
@@ -416,7 +456,11 @@ class Stage1Trainer:
             self._restart_regressor()
         x, gens, affines = self.batch(self.step)
         joint = self.step < self.cfg.steps
-        out = self.losses(x, gens, noise=self.cfg.noise, affines=affines if joint else None)
+        e_x = None
+        if joint and self.clean_embeddings is not None:
+            e_x = self.clean_embeddings[self.batch_indices(self.step)[1]]
+        out = self.losses(x, gens, noise=self.cfg.noise, affines=affines if joint else None,
+                          e_x=e_x, with_attack=self.step % self.cfg.attack_every == 0)
         # U's group is the last one (the optics group is dropped when nothing is trainable)
         self.optimizer.param_groups[-1]["lr"] = regressor_lr(self.cfg, self.step)
         self.optimizer.zero_grad(set_to_none=True)
