@@ -227,6 +227,47 @@ def test_float64_and_selectable_outputs():
         g(x, "c")
 
 
+def test_fused_chains_and_in_place_ops_equal_the_graph_node_by_node():
+    """Keras' exported PReLU (``Relu(x) + c * (x - Abs(x))``) and ReLU6 (``Maximum(Minimum(
+    Relu(x), 6), 0)``) run as one op each, and elementwise ops write into inputs read for the
+    last time: bit for bit what the graph gives node by node, with a value read twice (a
+    residual ``x``), a chain node asked for as an output (no fusion then) and a fed input
+    left untouched."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(3, 3, 4, 4)).astype(np.float32)
+    nodes = [_node("x", "Placeholder"), _node("w", "Const"), _node("alpha", "Const"),
+             _node("six", "Const"), _node("zero", "Const"), _node("bias", "Const"),
+             _node("conv", "Conv2D", ["x", "w"], strides=[1, 1, 1, 1], padding="SAME"),
+             _node("r", "Relu", ["conv"]), _node("ab", "Abs", ["conv"]),
+             _node("sub", "Sub", ["conv", "ab"]), _node("neg", "Neg", ["alpha"]),
+             _node("mul", "Mul", ["sub", "neg"]), _node("prelu", "Add", ["r", "mul"]),
+             _node("b", "BiasAdd", ["prelu", "bias"]), _node("r2", "Relu", ["b"]),
+             _node("mn", "Minimum", ["r2", "six"]), _node("mx", "Maximum", ["mn", "zero"]),
+             _node("res", "AddV2", ["mx", "x"]), _node("out", "Mul", ["res", "x"])]
+    weights = {"w": w, "alpha": rng.uniform(0.1, 0.3, 4).astype(np.float32),
+               "six": np.float32(6), "zero": np.float32(0),
+               "bias": rng.normal(size=4).astype(np.float32)}
+    g = TfjsGraph(nodes, {k: np.asarray(v) for k, v in weights.items()}, ["out"])
+    assert {f.kind for f in g._fusions.values()} == {"prelu", "relu_clip"}
+    x = torch.from_numpy(rng.normal(scale=3, size=(2, 6, 6, 4)).astype(np.float32))
+    x0 = x.clone()
+    with torch.no_grad():
+        fused = g(x)
+        g.fuse = False
+        plain = g(x)
+        g.fuse = True
+        both = g(x, ["out", "mul"])  # an inner node asked for: that chain runs node by node
+    assert torch.equal(x, x0)
+    assert torch.equal(fused, plain) and torch.equal(both[0], plain)
+    assert len(g._plan(("out",))[0]) < len(g._plan(("out", "mul"))[0])
+    # against numpy, node by node
+    conv = torch.nn.functional.conv2d(x.permute(0, 3, 1, 2), torch.from_numpy(w).permute(
+        3, 2, 0, 1), padding=1).permute(0, 2, 3, 1).numpy()
+    pre = np.where(conv >= 0, conv, -2 * weights["alpha"] * conv) + weights["bias"]  # c = -alpha
+    ref = (np.clip(pre, 0, 6) + x.numpy()) * x.numpy()
+    np.testing.assert_allclose(fused.numpy(), ref, rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------- tfjs oracle
 
 ORACLE_JS = r"""
