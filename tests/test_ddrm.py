@@ -224,6 +224,31 @@ def test_ddrm_samples_with_the_gaussian_prior(monkeypatch):
     assert 0.05 < per_freq.median() < 2.0
 
 
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+def test_spectral_path_equals_the_pixel_path(dtype, tol):
+    """With a :class:`GaussianPrior` the sampler keeps its state in the spectral domain
+    (``eps_spectral``); the same prior behind a plain callable takes the pixel path (model
+    on ``x_t``, then ``V^T``). Same seed, same samples to float rounding, with noise, padding
+    and a singular value below ``s_min``; and ``eps_spectral`` is ``F eps``."""
+    n, c, k, sigma_0 = 24, 3, 5, 0.01
+    prior = _stationary_prior(c, n + 2 * (k // 2))
+    psf = _psf(c, k)
+    g = torch.Generator().manual_seed(5)
+    y = ((prior.sample(3, generator=g)[..., 2:-2, 2:-2] + 1) / 2).clamp(0, 1)
+    y = (convolve(y, psf, "replicate") + sigma_0 * torch.randn(y.shape, generator=g,
+                                                               dtype=torch.float64))
+    y, psf = y.to(dtype), psf.to(dtype)
+    x_t = torch.randn((2, c, n + 4, n + 4), generator=g, dtype=torch.float64)
+    e = prior.eps_spectral(torch.fft.fft2(x_t, norm="ortho"), 300)
+    assert torch.allclose(e, torch.fft.fft2(prior.eps(x_t, 300), norm="ortho"), atol=1e-12)
+    for s_min in (1e-3, 0.05):
+        fast = ddrm(y, psf, prior, sigma_0, seed=1, s_min=s_min, clip=False)
+        slow = ddrm(y, psf, lambda x, t: prior(x, t), sigma_0, seed=1, s_min=s_min,
+                    clip=False)
+        assert fast.dtype == dtype
+        assert (fast - slow).abs().max() < tol * max(1.0, float(slow.abs().max()))
+
+
 def test_ddrm_improves_psnr_on_a_blurred_face_like_image():
     """A real-attack setting: replicate boundaries (not circulant), padding by K // 2, a
     Gaussian prior fitted on a few face-like images of the padded size, default DDRM."""

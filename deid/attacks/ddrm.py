@@ -278,9 +278,18 @@ def ddrm_spectral(y: torch.Tensor, op: CirculantBlur, model: Callable, sigma_0: 
     informed = kept & (s * sig_t > sigma_0)
     var0 = torch.where(informed, sig_t**2 - noise_var_ybar, torch.full_like(s, sig_t**2))
     xbar = torch.where(informed, ybar, torch.zeros_like(ybar)) + var0.clamp_min(0).sqrt() * white()
+    c_eta = math.sqrt(1.0 - eta**2)
+    affine = getattr(model, "eps_affine", None)
+    if affine is not None:  # a prior whose eps is affine and diagonal in V: see below
+        if hasattr(model, "_check"):
+            model._check(xbar)  # the prior's grid must be the padded grid
+        return op.V(_spectral_affine_steps(
+            xbar * math.sqrt(ab(t_last)), affine, list(zip(reversed(seq), reversed(seq_next),
+                                                            strict=True)),
+            ab, sig, white, s, kept, s_safe, uty, noise_var_ybar, sigma_0, sig0_safe, eta,
+            eta_b, c_eta))
     x_t = math.sqrt(ab(t_last)) * op.V(xbar)
 
-    c_eta = math.sqrt(1.0 - eta**2)
     for t, t_next in zip(reversed(seq), reversed(seq_next), strict=True):
         a = ab(t)
         eps = _call_model(model, x_t, t)
@@ -296,6 +305,38 @@ def ddrm_spectral(y: torch.Tensor, op: CirculantBlur, model: Callable, sigma_0: 
         xbar = torch.where(is_before, before, torch.where(is_after, after, missing))
         x_t = math.sqrt(ab(t_next)) * op.V(xbar)
     return x_t
+
+
+def _spectral_affine_steps(x_s, affine, steps, ab, sig, white, s, kept, s_safe, uty,
+                           noise_var_ybar, sigma_0, sig0_safe, eta, eta_b, c_eta):
+    """:func:`ddrm_spectral`'s loop for a model whose noise prediction is affine and diagonal
+    in the spectral basis, ``V^T eps = e1 X + e0`` (``X = V^T x_t``; a stationary Gaussian
+    prior, :meth:`GaussianPrior.eps_affine`). Then ``X0 = k1 X + k0`` and each of the three
+    update rules is affine in ``(X, U^T y, Z)``, so a step is
+    ``X' = sqrt(abar') (cX X + cU U^T y + cZ Z + c0)`` with per-component coefficients
+    (``(C, N, M)``, not per image): the same updates, in about a fifth of the operations and
+    one FFT (the fresh noise) per step instead of six. Returns the final spectrum."""
+    real = s.dtype
+    for t, t_next in steps:
+        a, sn = ab(t), sig(t_next)
+        e1, e0 = affine(t)
+        e1, e0 = e1.to(s.device, real), e0.to(s.device, x_s.dtype)
+        k1 = (1.0 - math.sqrt(1.0 - a) * e1) / math.sqrt(a)
+        k0 = -math.sqrt(1.0 - a) / math.sqrt(a) * e0
+        is_before = kept & (s * sn >= sigma_0)
+        is_after = kept & ~is_before
+        q = c_eta * sn / sig0_safe
+        before_std = (sn**2 - eta_b**2 * noise_var_ybar).clamp_min(0).sqrt()
+        c_x = torch.where(is_before, (1.0 - eta_b) * k1,
+                          torch.where(is_after, (1.0 - q * s) * k1, k1 + c_eta * sn * e1))
+        c_0 = torch.where(is_before, (1.0 - eta_b) * k0,
+                          torch.where(is_after, (1.0 - q * s) * k0, k0 + c_eta * sn * e0))
+        c_u = torch.where(is_before, eta_b / s_safe,
+                          torch.where(is_after, torch.full_like(s, q), torch.zeros_like(s)))
+        c_z = torch.where(is_before, before_std, torch.full_like(s, eta * sn))
+        x_s = (c_x * x_s).add_(c_u * uty).add_(c_z * white()).add_(c_0)
+        x_s.mul_(math.sqrt(ab(t_next)))
+    return x_s
 
 
 def ddrm(y: torch.Tensor, psf: torch.Tensor, model: Callable, sigma_0: float,
@@ -428,6 +469,22 @@ class GaussianPrior(torch.nn.Module):
         xs = torch.fft.fft2(x_t.to(torch.float64) - a * mu, norm="ortho")
         e = torch.fft.ifft2(b * xs / (a**2 * p + b**2), norm="ortho").real
         return e.to(x_t.dtype)
+
+    def eps_affine(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(e1, e0)`` with ``F E[eps | x_t] = e1 * F x_t + e0`` at step ``t`` (an int):
+        ``e1 = b / (a^2 P + b^2)`` real and ``e0 = -a e1 Mu`` complex, both ``(C, N, M)``,
+        float64 / complex128 (the DDRM sampler's spectral path, :func:`ddrm_spectral`)."""
+        abar = self.abar[int(round(float(t)))].to(torch.float64)
+        a, b = abar.sqrt(), (1.0 - abar).sqrt()
+        e1 = b / (abar * self.power + b * b)
+        return e1, -a * e1 * torch.fft.fft2(self.mean, norm="ortho")
+
+    def eps_spectral(self, x_s: torch.Tensor, t: int) -> torch.Tensor:
+        """:meth:`eps` in the unitary DFT basis, ``F E[eps | x_t]`` from ``x_s = F x_t``
+        (complex ``(B, C, N, M)``), by :meth:`eps_affine`."""
+        self._check(x_s)
+        e1, e0 = self.eps_affine(t)
+        return (e1.to(x_s.device) * x_s.to(torch.complex128) + e0.to(x_s.device)).to(x_s.dtype)
 
     def forward(self, x_t: torch.Tensor, t) -> torch.Tensor:
         return self.eps(x_t, t)
