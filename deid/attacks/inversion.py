@@ -148,7 +148,8 @@ class InversionUNet(nn.Module):
         m = 2**self.depth
         ph, pw = (-h) % m, (-w) % m
         z = F.pad(base, (0, pw, 0, ph), mode="replicate") if ph or pw else base
-        skips = [self.inc(z)]
+        # channels_last: oneDNN's NHWC convolutions (a training step about 1.2x faster on a CPU)
+        skips = [self.inc(z.contiguous(memory_format=torch.channels_last))]
         for block in self.down:
             skips.append(block(F.avg_pool2d(skips[-1], 2)))
         z = skips.pop()
@@ -157,7 +158,7 @@ class InversionUNet(nn.Module):
             z = F.interpolate(z, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             z = block(torch.cat([z, skip], dim=1))
         residual = self.head(z)[..., :h, :w]
-        return clamp_unit(base + residual)
+        return clamp_unit(base + residual).contiguous()
 
 
 # --------------------------------------------------------------------------------------------
