@@ -15,7 +15,10 @@ order:
    ``optics train-stage1`` does per step, minus logging);
 2. ``plain``: the same step of a second trainer with ``attack_identity_weight = 0`` (no
    identity twin); ``step / plain`` is the cost ratio of the attack term, and
-   ``step - plain`` its cost, measured in the same process;
+   ``step - plain`` its cost, measured in the same process. When the config computes the
+   term on every k-th step only (``attack_every`` > 1), a third trainer with
+   ``attack_every = 1`` (``step_each``) times a step that computes it, and a table gives the
+   config's mean step over the plain one's (the cost per step of a run);
 3. the camera alone, as the step runs it: ``camera.psf()`` once, image formation of the 8
    images one sample at a time with per-sample noise generators (the trainer's noise path),
    the optics loss ``image term + alpha1 * PSF term``, backward to the Zernike coefficients;

