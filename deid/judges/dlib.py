@@ -176,7 +176,7 @@ class DlibFaceEmbedder:
         if backend not in ("torch", "dlib"):
             raise ValueError(f"backend must be 'torch' or 'dlib', got {backend!r}")
         self.backend = "dlib" if self.num_jitters > 1 else backend
-        self._net = dlib.face_recognition_model_v1(str(dlib_model_path(RESNET_MODEL)))
+        self._dlib_net = None  # dlib's own network, loaded when backend "dlib" first runs
         self._shape = dlib.shape_predictor(
             str(dlib_model_path(SHAPE_5 if landmarks == 5 else SHAPE_68)))
 
@@ -233,17 +233,22 @@ class DlibFaceEmbedder:
                 bad = [im.shape for im in batch if im.shape[:2] != (CHIP_SIZE_PX, CHIP_SIZE_PX)]
                 if bad:
                     raise ValueError(f"aligned chips must be 150x150, got {bad[0][:2]}")
-                d = self._net.compute_face_descriptor(batch, self.num_jitters)
+                d = self._dlib_resnet().compute_face_descriptor(batch, self.num_jitters)
                 out.extend(np.array(v) for v in d)
             else:
                 dlib = _dlib()
                 faces = [dlib.full_object_detections([s]) for s in self.shapes(batch)]
-                d = self._net.compute_face_descriptor(batch, faces, self.num_jitters,
+                d = self._dlib_resnet().compute_face_descriptor(batch, faces, self.num_jitters,
                                                       CHIP_PADDING)
                 out.extend(np.array(v[0]) for v in d)
         if not out:
             return np.zeros((0, self.dim))
         return np.stack(out).astype(np.float64)
+
+    def _dlib_resnet(self):
+        if self._dlib_net is None:
+            self._dlib_net = _dlib().face_recognition_model_v1(str(dlib_model_path(RESNET_MODEL)))
+        return self._dlib_net
 
     def _embed_torch(self, images) -> np.ndarray:
         net = _torch_resnet()
