@@ -1,0 +1,1 @@
+"""Stage 2: the StarGAN v2-based de-identification generator."""
