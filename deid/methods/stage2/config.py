@@ -11,34 +11,51 @@ EXPRESSION_FORMS = ("heatmap", "pixel", "off")
 
 @dataclass(frozen=True)
 class Stage2Config:
-    """Stage 2: a StarGAN v2-based generator behind a frozen stage-1 run.
+    """Stage 2: a StarGAN v2-based generator behind a frozen stage-1 run. Every random draw
+    is a function of (seed, step, sample), so a resumed run repeats an uninterrupted one.
 
-    Paths: ``stage1`` (the stage-1 run folder: camera and regressor U, frozen); ``data``
-    (``""``: the demo corpus; a StarGAN v2 ``{train,val}/{domain}`` folder; or a paired
-    dataset from ``rig dataset``); ``teacher`` (the clean FAN U* of the heatmap expression
-    loss; ``""``: the stage-1 run's teacher).
-
-    Networks: ``img_size`` (px; 64, 128 or 256), ``base_width`` and ``max_width`` (channels
-    at full resolution and the cap), ``style_dim``, ``latent_dim``, ``mapping_width``,
-    ``w_hpf`` (high-pass skip strength), ``use_heatmap`` (U(y)'s masks into G).
-
-    Optimisation (StarGAN v2's): Adam ``(beta1, beta2)``, ``lr`` (G, E, D), ``lr_mapping``
-    (F), ``weight_decay``, ``ema_decay`` (EMA of G, F, E), ``batch_size`` (global, split
-    over DDP processes), ``steps``.
-
-    Loss weights (0 switches a term off): ``lambda_adv``, ``lambda_r1`` (R1 on the reference
-    reals), ``lambda_sty``, ``lambda_ds`` (diversity, decaying linearly to 0 over
-    ``ds_decay_steps``), ``lambda_cyc``, ``lambda_lpips`` (LPIPS(reference, output), in the
-    reference step), ``expression`` (``heatmap``: ``|U*(x) - U*(G)|`` on the expression
-    landmarks; ``pixel``: the paper's Eq. 12 on the eye and mouth regions; ``off``) with
-    ``lambda_exp``, and the privacy dial ``privacy_weight * |cos(e(G), e(x)) - m|`` (dlib
-    twin ``e``) with the margin ``m`` drawn per sample from ``privacy_margins`` and given to
-    G, so ``deid anonymize --margin`` chooses it.
-
-    Bookkeeping: ``seed`` (every random draw is a function of seed, step and sample, so a
-    resumed run repeats an uninterrupted one), ``ckpt_every``, ``sample_every``,
-    ``log_every`` (steps), ``keep_checkpoints``, ``tensorboard``, ``noise`` (sensor noise on
-    the simulated y), ``reference_fraction`` (identities set aside as public references).
+    Fields:
+        stage1: the stage-1 run folder (camera and regressor U, kept frozen)
+        data: "" for the demo corpus, a StarGAN v2 {train,val}/{domain} folder, or a paired
+            dataset from rig dataset (y is then the captured privacy frame)
+        teacher: the clean FAN U* of the heatmap expression loss ("" = the stage-1 run's)
+        img_size: generator side in pixels (64, 128 or 256)
+        base_width: generator/encoder/discriminator channels at full resolution
+        max_width: cap on the channels (doubled per down block)
+        style_dim: style code length
+        latent_dim: latent code length of the mapping network
+        mapping_width: hidden width of the mapping network
+        w_hpf: strength of the mask-gated high-pass skips (0 = none)
+        use_heatmap: give U(y)'s face-part masks to the generator
+        batch_size: global batch (split over torchrun processes; 8 or more is stable)
+        steps: training steps
+        lr: Adam learning rate of G, E and D
+        lr_mapping: Adam learning rate of the mapping network F
+        beta1: Adam beta1
+        beta2: Adam beta2
+        weight_decay: Adam weight decay
+        ema_decay: EMA of G, F and E
+        lambda_adv: adversarial weight (non-saturating)
+        lambda_r1: R1 weight on the reference reals
+        lambda_sty: style reconstruction weight
+        lambda_ds: diversity weight at step 0 (decays linearly)
+        ds_decay_steps: steps over which the diversity weight decays to 0
+        lambda_cyc: cycle weight (reconstruct y from the output with y's style)
+        lambda_lpips: LPIPS(reference, output) weight, reference step only
+        expression: heatmap (|U*(x) - U*(G)| on expression landmarks), pixel (Eq. 12 on eyes
+            and mouth) or off
+        lambda_exp: expression weight
+        privacy_weight: weight of the privacy dial |cos(e(G), e(x)) - margin| (dlib twin)
+        privacy_margins: margins drawn per sample in training; G takes the margin as input
+        reference_fraction: share of the images set aside as public references
+        noise: sensor noise on the simulated privacy image
+        seed: seed of every random draw
+        ckpt_every: steps between checkpoints (0 = only at the end)
+        sample_every: steps between sample grids (0 = only at the end)
+        log_every: steps between log.csv rows
+        keep_checkpoints: checkpoints kept (the newest)
+        tensorboard: also log to TensorBoard (needs the tensorboard package)
+        device: auto (the local GPU if any, else CPU) or a torch device
     """
 
     stage1: str = ""
@@ -79,6 +96,7 @@ class Stage2Config:
     log_every: int = 10
     keep_checkpoints: int = 2
     tensorboard: bool = False
+    device: str = "auto"
 
     def __post_init__(self):
         if self.img_size not in (32, 64, 128, 256, 512):

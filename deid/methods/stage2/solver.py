@@ -338,7 +338,7 @@ class Stage2Solver:
         if found is None:
             return False
         state = load_checkpoint(found, map_location=self.device)
-        if state.get("config") != to_dict(self.cfg):
+        if _training_fields(state.get("config", {})) != _training_fields(to_dict(self.cfg)):
             raise ValueError(f"{found} was made with another config; resume with the run's "
                              f"own config.yaml")
         if self.fingerprint and state.get("stage1_fingerprint") != self.fingerprint:
@@ -430,6 +430,15 @@ class Stage2Solver:
         if writer is not None:
             writer.close()
         return row
+
+
+#: Config fields that do not change what a step computes (a resumed run may change them).
+BOOKKEEPING = ("steps", "ckpt_every", "sample_every", "log_every", "keep_checkpoints",
+               "tensorboard", "device")
+
+
+def _training_fields(cfg: dict) -> dict:
+    return {k: v for k, v in cfg.items() if k not in BOOKKEEPING}
 
 
 def _append_csv(path: Path, row: dict) -> None:

@@ -1,0 +1,159 @@
+"""``deid train-stage2 | anonymize``: the de-identification generator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from deid.faces.dataset import list_images
+from deid.methods.stage2.config import Stage2Config
+from deid.methods.stage2.inference import Anonymizer
+from deid.methods.stage2.run import train_stage2
+from optics.kit.cli import UserError, add_common, add_dataclass_args, add_overrides, \
+    dataclass_overrides
+from optics.kit.config import assemble_config, load_config
+from optics.kit.imageio import load_image, save_image
+from optics.kit.paths import confined_path
+
+__all__ = ["register"]
+
+
+def cmd_train_stage2(args) -> int:
+    out = args.resume or args.out
+    if not out:
+        raise UserError("give --out DIR for a new run or --resume DIR to continue one")
+    if args.resume and args.init:
+        raise UserError("--resume continues a run, --init starts a new one: give one")
+    base = args.config
+    if args.resume and not base:
+        base = Path(args.resume) / "config.yaml"
+        load_config(Stage2Config, base)  # one-line error if it is missing
+    cfg = assemble_config(Stage2Config, base, dataclass_overrides(args, Stage2Config),
+                          args.overrides)
+    last = train_stage2(cfg, out, resume=bool(args.resume), init=args.init or "",
+                        progress=not args.quiet)
+    if last:
+        print(f"stage 2: step {int(last['step'])}, G {last['g_reference/total']:.4f}, "
+              f"D {last['d_reference/total']:.4f}; run folder {out}/ "
+              f"(samples in {out}/samples/)")
+    return 0
+
+
+def _images(folder, what: str) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(2, f"no such {what} folder", str(folder))
+    paths = list_images(folder)
+    if not paths:
+        raise ValueError(f"no images (png, jpg, bmp) in {folder}")
+    return paths
+
+
+def _load(paths, captured: bool) -> torch.Tensor:
+    ims = [load_image(p) for p in paths]
+    if captured:
+        bad = [p.name for p, im in zip(paths, ims, strict=True) if im.shape[1] != im.shape[2]]
+        if bad:
+            raise ValueError(f"captured privacy frames must be square crops (rig dataset "
+                             f"writes them so); {bad[0]} is not")
+    side = min(min(im.shape[1:]) for im in ims)
+    return torch.stack([load_image(p, side) for p in paths])
+
+
+def _grid(inputs: torch.Tensor, outputs: torch.Tensor, n: int = 8) -> torch.Tensor:
+    from optics.kit.resize import resize_to
+
+    k = min(n, len(outputs))
+    s = outputs.shape[-1]
+    top = torch.cat(list(resize_to(inputs[:k], s)), dim=-1)
+    bottom = torch.cat(list(outputs[:k]), dim=-1)
+    return torch.cat([top, bottom], dim=-2)
+
+
+def cmd_anonymize(args) -> int:
+    if (args.references is None) == (args.seed is None):
+        raise UserError("give --references DIR (public faces) or --seed N (latent styles)")
+    paths = _images(args.images, "images")
+    images = _load(paths, args.captured)
+    device = "cuda" if torch.cuda.is_available() and args.device == "auto" else (
+        "cpu" if args.device == "auto" else args.device)
+    anon = Anonymizer(args.stage1, args.stage2, device=device, margin=args.margin)
+    if args.references is not None:
+        refs = torch.stack([load_image(p, anon.size) for p in _images(args.references,
+                                                                     "references")])
+        styles = anon.reference_styles(refs)
+        source = f"references from {args.references} ({len(refs)})"
+    else:
+        styles = anon.latent_styles(len(images), args.seed)
+        source = f"latent styles, seed {args.seed}"
+    outputs = anon.anonymize(images, styles, captured=args.captured, batch=args.batch)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for p, img in zip(paths, outputs, strict=True):
+        save_image(img, confined_path(out, p.stem, ".png", what="output name"))
+    save_image(_grid(images, outputs), out / "grid.png")
+    (out / "anonymize.json").write_text(json.dumps({
+        "stage1": str(args.stage1), "stage2": str(args.stage2), "images": len(paths),
+        "styles": source, "margin": anon.margin, "captured": bool(args.captured),
+        "size_px": anon.size}, indent=1) + "\n")
+    print(f"{len(paths)} de-identified faces ({anon.size} px, {source}, margin "
+          f"{anon.margin}) written to {out}/ with grid.png")
+    return 0
+
+
+def register(sub) -> None:
+    p = add_common(sub.add_parser(
+        "train-stage2", help="train the de-identification generator behind a stage-1 run",
+        description="Stage 2: a StarGAN v2-based generator turns the privacy image y = "
+                    "camera(x) into a new face with the pose and expression of x and the "
+                    "style of a public reference. The stage-1 camera and regressor stay "
+                    "frozen. Writes config.yaml, log.csv, ckpt_<step>.pt (atomic), "
+                    "samples/ and run.json. Works under torchrun (DDP).",
+        epilog="examples:\n"
+               "  deid train-stage2 --stage1 runs/demo/stage1 --config "
+               "configs/stage2-demo.yaml --out runs/demo/stage2\n"
+               "  deid train-stage2 --resume runs/demo/stage2 --steps 2000\n"
+               "  deid train-stage2 --stage1 runs/demo/stage1 --data runs/pairs "
+               "--init runs/demo/stage2 --out runs/stage2-bench\n"
+               "  torchrun --nproc_per_node 4 -m deid train-stage2 --stage1 RUN --data "
+               "celeba_hq --config configs/stage2-256.yaml --out runs/stage2-256"))
+    p.add_argument("--out", help="run folder")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly")
+    p.add_argument("--init", metavar="RUN", help="start from a trained stage-2 run's weights "
+                                                 "(fine-tuning, e.g. on captured pairs)")
+    p.add_argument("--config", metavar="FILE", help="YAML config (Stage2Config fields)")
+    add_overrides(p, "lambda_cyc=7")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_dataclass_args(p, Stage2Config)
+    p.set_defaults(func=cmd_train_stage2)
+
+    p = add_common(sub.add_parser(
+        "anonymize", help="de-identify face images with a stage-1 and a stage-2 run",
+        description="Each image goes through the stage-1 camera (or is taken as a captured "
+                    "privacy frame with --captured), U reads its landmarks, and the stage-2 "
+                    "generator draws a new face with the style of a public reference (image i "
+                    "takes reference i mod M) or of a seeded latent. Writes one PNG per input "
+                    "(same name), grid.png and anonymize.json.",
+        epilog="examples:\n"
+               "  deid anonymize --stage1 runs/demo/stage1 --stage2 runs/demo/stage2 "
+               "--images faces/ --references public/ --out anon/\n"
+               "  deid anonymize --stage1 runs/demo/stage1 --stage2 runs/demo/stage2 "
+               "--images faces/ --seed 3 --margin 0.0 --out anon/\n"
+               "  deid anonymize --stage1 RUN1 --stage2 RUN2 --images pairs/test/privacy "
+               "--captured --seed 0 --out anon/"))
+    p.add_argument("--stage1", required=True, metavar="RUN", help="stage-1 run folder")
+    p.add_argument("--stage2", required=True, metavar="RUN", help="stage-2 run folder")
+    p.add_argument("--images", required=True, metavar="DIR", help="folder of face images")
+    p.add_argument("--references", metavar="DIR", help="folder of public reference faces")
+    p.add_argument("--seed", type=int, help="draw latent styles with this seed instead")
+    p.add_argument("--margin", type=float, help="privacy dial: target identity cosine to the "
+                                                "source (1 keeps it, 0 removes it; default: "
+                                                "the middle training margin)")
+    p.add_argument("--captured", action="store_true",
+                   help="the images are captured privacy frames (skip the simulated camera)")
+    p.add_argument("--batch", type=int, default=16, help="images per batch (default 16)")
+    p.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda:0, ...")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.set_defaults(func=cmd_anonymize)
