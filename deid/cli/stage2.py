@@ -11,8 +11,13 @@ from deid.faces.dataset import list_images
 from deid.methods.stage2.config import Stage2Config
 from deid.methods.stage2.inference import Anonymizer
 from deid.methods.stage2.run import train_stage2
-from optics.kit.cli import UserError, add_common, add_dataclass_args, add_overrides, \
-    dataclass_overrides
+from optics.kit.cli import (
+    UserError,
+    add_common,
+    add_dataclass_args,
+    add_overrides,
+    dataclass_overrides,
+)
 from optics.kit.config import assemble_config, load_config
 from optics.kit.imageio import load_image, save_image
 from optics.kit.paths import confined_path

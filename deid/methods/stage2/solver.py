@@ -283,8 +283,13 @@ class Stage2Solver:
         for k in names:
             self.optims[k].step()
         self._only(())
-        return {f"{name}/{k}": float(v.detach() if torch.is_tensor(v) else v)
-                for k, v in terms.items()}
+        keys = list(terms)
+        values = torch.stack([torch.as_tensor(terms[k]).detach().float().reshape(())
+                              for k in keys])
+        if self.dist.enabled:  # log the global batch's means
+            dist.all_reduce(values)
+            values = values / self.dist.world_size
+        return {f"{name}/{k}": float(v) for k, v in zip(keys, values.cpu(), strict=True)}
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -350,12 +355,16 @@ class Stage2Solver:
     def init_from(self, path) -> None:
         """Start from another run's newest checkpoint (fine-tuning, ``--init``): nets and EMA
         nets, fresh optimisers, step 0."""
-        found = latest_checkpoint(path) if Path(path).is_dir() else Path(path)
+        path = Path(path)
+        found = latest_checkpoint(path) if path.is_dir() else (path if path.is_file() else None)
         if found is None:
             raise FileNotFoundError(2, "no stage-2 checkpoint to start from", str(path))
         state = load_checkpoint(found, map_location=self.device)
         if state.get("kind") != CHECKPOINT_KIND:
             raise ValueError(f"{found} is not a stage-2 checkpoint")
+        if list(state["domains"]) != list(self.data.domains):
+            raise ValueError(f"the --init run has the domains {state['domains']}, this data "
+                             f"has {list(self.data.domains)}")
         for k in _NETS:
             self.nets[k].load_state_dict(state["nets"][k])
         for k in _EMA:

@@ -1,0 +1,222 @@
+"""deid train-stage2 and anonymize end to end on tiny runs: two torchrun processes equal
+one, resume from the command line, anonymize's outputs and one-line errors, and a paired
+dataset captured on the simulated rig (``--data`` pairs, ``--init``, ``--captured``)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from optics.kit.checkpoint import save_checkpoint
+from optics.kit.config import to_dict
+from optics.kit.imageio import example_face
+
+ENV = {**os.environ, "PRIVLENS_THREADS": "1", "OMP_NUM_THREADS": "1"}
+TINY = ["--img-size", "32", "--base-width", "8", "--max-width", "16", "--style-dim", "8",
+        "--latent-dim", "4", "--mapping-width", "16", "--batch-size", "4",
+        "--privacy-weight", "0", "--lambda-lpips", "0", "--log-every", "1",
+        "--ckpt-every", "0", "--sample-every", "0", "--quiet"]
+
+
+def _run(*args, env=None, torchrun: int = 0):
+    cmd = [sys.executable, "-m", "deid", *args]
+    if torchrun:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", str(torchrun), "-m", "deid", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env={**ENV, **(env or {})})
+
+
+def _faces(n: int, seed: int = 0) -> list[np.ndarray]:
+    """``n`` different 64 px crops of the astronaut portrait (shifted, scaled, recoloured)."""
+    base = (example_face(96).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        dx, dy = rng.integers(0, 17, 2)
+        crop = base[dy:dy + 80, dx:dx + 80].astype(float) * rng.uniform(0.7, 1.1, 3)
+        out.append(np.asarray(Image.fromarray(crop.clip(0, 255).astype(np.uint8))
+                              .resize((64, 64), Image.Resampling.BILINEAR)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A one-step stage-1 run (random 64 px teacher) and a two-domain StarGAN v2 folder."""
+    root = tmp_path_factory.mktemp("s2cli")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for i, im in enumerate(_faces(8)):
+        Image.fromarray(im).save(corpus / f"f{i}.png")
+    from deid.faces.fan import FAN, FANConfig
+
+    cfg = FANConfig(input_size=64, width=16)
+    torch.manual_seed(0)
+    teacher = root / "teacher.pt"
+    save_checkpoint({"fan_config": to_dict(cfg), "state_dict": FAN.from_config(cfg).state_dict()},
+                    teacher)
+    s1 = root / "s1"
+    r = subprocess.run([sys.executable, "-m", "optics", "train-stage1", "--data", str(corpus),
+                        "--teacher", str(teacher), "--image-size", "64", "--batch-size", "4",
+                        "--steps", "1", "--no-report", "--quiet", "--out", str(s1)],
+                       capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0, r.stderr[-2000:]
+    sg = root / "celeba"
+    for d, seed in (("female", 1), ("male", 2)):
+        (sg / "train" / d).mkdir(parents=True)
+        for i, im in enumerate(_faces(6, seed)):
+            Image.fromarray(im).save(sg / "train" / d / f"{i}.png")
+    return root, s1, sg
+
+
+def _rows(run):
+    with open(run / "log.csv") as f:
+        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def _nets(run, step):
+    return torch.load(run / f"ckpt_{step}.pt", weights_only=True)
+
+
+def test_two_processes_match_one(setup, tmp_path):
+    _, s1, sg = setup
+    args = ["train-stage2", "--stage1", str(s1), "--data", str(sg), "--steps", "2", *TINY]
+    r = _run(*args, "--out", str(tmp_path / "one"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = _run(*args, "--out", str(tmp_path / "two"), torchrun=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "terminate called" not in r.stderr, r.stderr[-3000:]
+    one, two = _rows(tmp_path / "one"), _rows(tmp_path / "two")
+    assert len(one) == len(two) == 2
+    for a, b in zip(one, two, strict=True):
+        for k in a:
+            if k != "seconds":
+                assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), k
+    # Adam turns float-order differences of tiny gradients into up to lr-sized steps
+    a, b = _nets(tmp_path / "one", 2), _nets(tmp_path / "two", 2)
+    for net in a["nets"]:
+        for k, t in a["nets"][net].items():
+            assert torch.allclose(t, b["nets"][net][k], atol=5e-4), (net, k)
+
+
+def test_resume_from_the_command_line_is_exact(setup, tmp_path):
+    _, s1, sg = setup
+    args = ["train-stage2", "--stage1", str(s1), "--data", str(sg), *TINY]
+    assert _run(*args, "--steps", "3", "--out", str(tmp_path / "full")).returncode == 0
+    assert _run(*args, "--steps", "2", "--out", str(tmp_path / "part")).returncode == 0
+    r = _run("train-stage2", "--resume", str(tmp_path / "part"), "--steps", "3", "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = _nets(tmp_path / "full", 3), _nets(tmp_path / "part", 3)
+    for part in ("nets", "ema"):
+        for net in a[part]:
+            for k, t in a[part][net].items():
+                assert torch.equal(t, b[part][net][k]), (part, net, k)
+    r = _run("train-stage2", "--resume", str(tmp_path / "nothing"), "--quiet")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_anonymize_writes_faces_and_refuses_bad_input(setup, tmp_path):
+    root, s1, sg = setup
+    run = tmp_path / "s2"
+    r = _run("train-stage2", "--stage1", str(s1), "--data", str(sg), "--steps", "1",
+             "--privacy-margins", "0.5", *TINY[:-1], "--out", str(run))
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "anon"
+    refs = sg / "train" / "male"
+    r = _run("anonymize", "--stage1", str(s1), "--stage2", str(run), "--images",
+             str(root / "corpus"), "--references", str(refs), "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    written = sorted(p.name for p in out.glob("f*.png"))
+    assert written == [f"f{i}.png" for i in range(8)]
+    assert Image.open(out / "f0.png").size == (32, 32) and (out / "grid.png").exists()
+    assert json.loads((out / "anonymize.json").read_text())["images"] == 8
+    r = _run("anonymize", "--stage1", str(s1), "--stage2", str(run), "--images",
+             str(root / "corpus"), "--seed", "3", "--out", str(tmp_path / "lat"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    # a run trained without the dial refuses --margin
+    r = _run("anonymize", "--stage1", str(s1), "--stage2", str(run), "--images",
+             str(root / "corpus"), "--seed", "3", "--margin", "0.2", "--out", str(out))
+    assert r.returncode == 2 and "without the privacy dial" in r.stderr
+    # another stage-1 run, a missing run, neither references nor seed
+    other = tmp_path / "other-s1"
+    shutil.copytree(s1, other)
+    coeffs = json.loads((other / "coefficients.json").read_text())
+    coeffs["coefficients"] = {k: v + 0.01 for k, v in coeffs["coefficients"].items()}
+    (other / "coefficients.json").write_text(json.dumps(coeffs))
+    for extra, msg in ((["--stage1", str(other), "--stage2", str(run), "--seed", "1"],
+                        "another stage-1 run"),
+                       (["--stage1", str(s1), "--stage2", str(tmp_path / "none"), "--seed",
+                         "1"], "no such stage-2 run"),
+                       (["--stage1", str(s1), "--stage2", str(run)], "--references")):
+        r = _run("anonymize", *extra, "--images", str(root / "corpus"), "--out", str(out))
+        assert r.returncode == 2, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, r.stderr
+
+
+def test_paired_captures_finetune_with_init_and_anonymize_captured(setup, tmp_path):
+    """Frames of the simulated rig (a folder scene of faces) become a paired dataset; a
+    stage-2 run fine-tunes on it from another run's weights (``--init``), and anonymize
+    takes the captured privacy crops directly (``--captured``)."""
+    from hardware.cli import main as rig_main
+
+    root, s1, sg = setup
+    scene = tmp_path / "scene"
+    scene.mkdir()
+    for i, im in enumerate(_faces(4, seed=5)):
+        Image.fromarray(np.asarray(Image.fromarray(im).resize((160, 160)))).save(
+            scene / f"p{i}.png")
+    small = ["--set", "sim.image_size_px=128"]
+    caps, cal, pairs = tmp_path / "caps", tmp_path / "cal", tmp_path / "pairs"
+    assert rig_main(["capture", "--sim", "--session", "s", "--frames", "4", "--out", str(caps),
+                     "--with-reference", "--scene", f"folder:{scene}", "--no-progress"]
+                    + small) == 0
+    assert rig_main(["calibrate", "--sim", "--out", str(cal), "--steps",
+                     "dark,flat,registration"] + small) == 0
+    assert rig_main(["dataset", str(caps / "s.h5"), "--calibration",
+                     str(cal / "calibration.h5"), "--out", str(pairs), "--size", "64",
+                     "--split", "0.5,0.5"]) == 0
+    n_train = len(list((pairs / "train" / "privacy").glob("*.png")))
+    assert n_train >= 1
+    # the public references of a paired dataset: the demo corpus (here a tiny one)
+    home = tmp_path / "home"
+    records = []
+    for i, im in enumerate(_faces(4, seed=9)):
+        (home / "demo-faces" / "images").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(im).save(home / "demo-faces" / "images" / f"r{i}.png")
+        records.append({"file": f"images/r{i}.png", "split": "train", "identity": f"R{i}",
+                        "source": "synthetic"})
+    (home / "demo-faces" / "manifest.json").write_text(json.dumps(records))
+    env = {"PRIVLENS_HOME": str(home)}
+    base = tmp_path / "base"
+    args = ["train-stage2", "--stage1", str(s1), *TINY]
+    r = _run(*args, "--steps", "1", "--out", str(base), env=env)  # on the (tiny) demo corpus
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _run(*args, "--data", str(pairs), "--init", str(tmp_path / "nothing"), "--out",
+             str(tmp_path / "bad"), env=env)
+    assert r.returncode == 2 and "no stage-2 checkpoint" in r.stderr, r.stderr
+    # --init with no steps keeps the other run's weights exactly
+    r = _run(*args, "--data", str(pairs), "--init", str(base), "--steps", "0", "--out",
+             str(tmp_path / "init0"), env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = _nets(base, 1), _nets(tmp_path / "init0", 0)
+    for net, sd in a["nets"].items():
+        for k, t in sd.items():
+            assert torch.equal(t, b["nets"][net][k]), (net, k)
+    r = _run(*args, "--data", str(pairs), "--init", str(base), "--steps", "1", "--out",
+             str(tmp_path / "ft"), env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "ft" / "data.json").read_text())["captured"]
+    out = tmp_path / "anon"
+    r = _run("anonymize", "--stage1", str(s1), "--stage2", str(tmp_path / "ft"), "--images",
+             str(pairs / "test" / "privacy"), "--captured", "--seed", "0", "--out", str(out),
+             env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(list(out.glob("0*.png"))) == len(list((pairs / "test" / "privacy").glob("*")))
