@@ -265,3 +265,43 @@ def test_sources_and_references_must_be_disjoint(tmp_path, monkeypatch):
     data.reference_identities[3] = data.source_identities[5]
     with pytest.raises(ValueError, match="s5"):
         Stage2Solver(tiny_config(), data, tiny_frozen(), tmp_path)
+
+
+# ----------------------------------------------------------------------------- loss values
+def test_privacy_dial_is_centred_and_hits_its_margin():
+    from deid.methods.stage2.losses import privacy_dial_loss
+
+    c = torch.tensor([5.0, 5.0, 0.0])
+    e_x = c + torch.tensor([[1.0, 0.0, 0.0]])
+    same, orth = e_x.clone(), c + torch.tensor([[0.0, 1.0, 0.0]])
+    assert float(privacy_dial_loss(same, e_x, 1.0, c)) == pytest.approx(0.0, abs=1e-6)
+    assert float(privacy_dial_loss(orth, e_x, 0.0, c)) == pytest.approx(0.0, abs=1e-6)
+    assert float(privacy_dial_loss(orth, e_x, 0.6, c)) == pytest.approx(0.6, abs=1e-6)
+    # uncentred, the two differ little: both lie near the common offset c
+    assert float(privacy_dial_loss(orth, e_x, 0.0)) > 0.9
+
+
+def test_expression_losses_look_only_at_expression():
+    from deid.faces.landmark_groups import indices
+    from deid.methods.stage2.losses import (
+        expression_heatmap_loss,
+        expression_mask,
+        expression_pixel_loss,
+    )
+
+    t = torch.rand(2, 68, 16, 16)
+    u = t.clone()
+    u[:, list(indices("jaw"))] += 1.0  # pose/identity channels: ignored
+    assert float(expression_heatmap_loss(t, u)) == 0.0
+    u[:, list(indices("mouth"))] += 1.0
+    assert float(expression_heatmap_loss(t, u)) > 0
+    heat = torch.zeros(1, 68, 16, 16)
+    for i in indices("eyes"):
+        heat[0, i, 5, 4 + (i % 6)] = 1.0
+    mask = expression_mask(heat, 64)
+    assert mask.shape == (1, 1, 64, 64) and mask[0, 0, 22, 24] > 0.5 and mask[0, 0, 60, 5] == 0
+    x, out = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    far = out.clone()
+    far[..., 50:, :] = 1 - far[..., 50:, :]  # change only outside the eyes
+    assert float(expression_pixel_loss(x, out, mask)) == pytest.approx(
+        float(expression_pixel_loss(x, far, mask)), abs=1e-6)

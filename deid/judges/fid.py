@@ -38,7 +38,9 @@ eval mode; features do not depend on the batch); it is put in eval mode on load.
 Score and Where to Find Them", CVPR 2020; Bińkowski et al., "Demystifying MMD GANs", ICLR
 2018), and with fewer than 2048 images the covariances are singular. On tens of images FID
 is dominated by this bias (hundreds, where published CelebA-HQ figures computed on thousands
-of images are 10-30): compare FIDs only at equal N and always report N beside them.
+of images are 10-30): compare FIDs only at equal N and always report N beside them. For
+such sets :func:`frechet_distance` takes the covariance trace term exactly from an ``N x M``
+SVD instead of a 2048x2048 ``sqrtm`` (milliseconds instead of about 14 s on one core).
 """
 
 from __future__ import annotations
@@ -222,17 +224,40 @@ def feature_stats(feats) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
-def frechet_distance(feats_a, feats_b) -> float:
-    """Fréchet distance of Gaussians fitted to two ``(N, D)`` feature sets:
-    ``||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))``.
+def frechet_distance(feats_a, feats_b, method: str = "auto") -> float:
+    """Fréchet distance of Gaussians fitted to two ``(N, D)`` and ``(M, D)`` feature sets:
+    ``||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))``, covariances unbiased.
 
-    The square root is ``scipy.linalg.sqrtm``'s; if it is not finite, ``1e-6 I`` is added to
-    both covariances first (as pytorch-fid does); its real part is taken (numerical noise
-    makes it slightly complex for singular covariances)."""
-    mu_a, s_a = feature_stats(feats_a)
-    mu_b, s_b = feature_stats(feats_b)
-    if mu_a.shape != mu_b.shape:
-        raise ValueError(f"feature dimensions differ: {mu_a.shape[0]} and {mu_b.shape[0]}")
+    ``method``:
+
+    - ``"sqrtm"``: ``scipy.linalg.sqrtm(S_a @ S_b)``, its real part (numerical noise makes it
+      slightly complex for singular covariances); if it is not finite, ``1e-6 I`` is added to
+      both covariances first (as pytorch-fid does). About 14 s for D = 2048 on one core;
+    - ``"lowrank"``: the same trace, exactly, from the centred features ``A`` and ``B``:
+      ``S_a S_b`` has the eigenvalues of ``(A B^T)(A B^T)^T / ((N - 1)(M - 1))``, so
+      ``Tr (S_a S_b)^(1/2)`` is the sum of the singular values of ``A B^T`` divided by
+      ``sqrt((N - 1)(M - 1))``: an ``N x M`` SVD, real by construction;
+    - ``"auto"`` (default): ``"lowrank"`` when ``min(N, M) <= D``, else ``"sqrtm"``.
+    """
+    fa, fb = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
+    for f in (fa, fb):
+        if f.ndim != 2 or len(f) < 2:
+            raise ValueError(f"need (N, D) features with N >= 2, got shape {f.shape}")
+    if fa.shape[1] != fb.shape[1]:
+        raise ValueError(f"feature dimensions differ: {fa.shape[1]} and {fb.shape[1]}")
+    if method == "auto":
+        method = "lowrank" if min(len(fa), len(fb)) <= fa.shape[1] else "sqrtm"
+    mu_a, mu_b = fa.mean(axis=0), fb.mean(axis=0)
+    diff = mu_a - mu_b
+    if method == "lowrank":
+        a, b = fa - mu_a, fb - mu_b
+        ca, cb = len(fa) - 1, len(fb) - 1
+        cross = float(np.linalg.svd(a @ b.T, compute_uv=False).sum()) / np.sqrt(ca * cb)
+        return float(diff @ diff + (a * a).sum() / ca + (b * b).sum() / cb - 2.0 * cross)
+    if method != "sqrtm":
+        raise ValueError(f"method must be 'auto', 'lowrank' or 'sqrtm', got {method!r}")
+    _, s_a = feature_stats(fa)
+    _, s_b = feature_stats(fb)
     covmean = scipy.linalg.sqrtm(s_a @ s_b)
     if not np.isfinite(covmean).all():
         log.warning("sqrtm(S_a S_b) is not finite; adding %g to the covariances' diagonal",
@@ -245,7 +270,6 @@ def frechet_distance(feats_a, feats_b) -> float:
             log.warning("sqrtm(S_a S_b) has an imaginary part up to %.3g; taking the real part",
                         imag)
         covmean = covmean.real
-    diff = mu_a - mu_b
     return float(diff @ diff + np.trace(s_a) + np.trace(s_b) - 2.0 * np.trace(covmean))
 
 

@@ -135,14 +135,27 @@ class Stage2Solver:
             for k in _NETS}
         self.step = 0
         self.affines = None
+        self.identity_centre = None
         if cfg.privacy_weight > 0:
             if frozen.twin is None:
                 raise ValueError("the privacy dial needs the dlib twin")
             self.affines = frozen.chip_affines(data.sources)
+            self.identity_centre = self._identity_centre()
         if cfg.expression != "off" and cfg.lambda_exp > 0 and frozen.teacher is None:
             raise ValueError("the expression loss needs the clean teacher U*")
         if cfg.lambda_lpips > 0 and frozen.lpips is None:
             raise ValueError("the LPIPS loss needs the LPIPS network")
+
+    @torch.no_grad()
+    def _identity_centre(self, chunk: int = 16) -> torch.Tensor:
+        """The mean twin embedding of the sources and references (the dial's centre)."""
+        d, fr = self.data, self.frozen
+        faces = torch.cat([d.sources, d.references])
+        affines = torch.cat([self.affines, fr.chip_affines(d.references)])
+        out = [fr.identity(faces[i:i + chunk].to(self.device),
+                           affines[i:i + chunk].to(self.device))
+               for i in range(0, len(faces), chunk)]
+        return torch.cat(out).mean(0)
 
     # ------------------------------------------------------------------------ data
     def batch(self, step: int) -> Batch:
@@ -247,7 +260,8 @@ class Stage2Solver:
         if cfg.privacy_weight > 0:
             with torch.no_grad():
                 e_x = fr.identity(b.x, b.affines)
-            terms["dial"] = privacy_dial_loss(fr.identity(fake, b.affines), e_x, b.margin)
+            terms["dial"] = privacy_dial_loss(fr.identity(fake, b.affines), e_x, b.margin,
+                                              self.identity_centre)
             total = total + cfg.privacy_weight * terms["dial"]
         if mode == "reference" and cfg.lambda_lpips > 0:
             terms["lpips"] = fr.lpips(b.ref, fake).mean()
@@ -312,6 +326,7 @@ class Stage2Solver:
     def state(self) -> dict:
         return {"kind": CHECKPOINT_KIND, "step": self.step, "config": to_dict(self.cfg),
                 "domains": list(self.data.domains), "stage1_fingerprint": self.fingerprint,
+                "identity_centre": self.identity_centre,
                 "nets": {k: self.nets[k].state_dict() for k in _NETS},
                 "ema": {k: self.ema[k].state_dict() for k in _EMA},
                 "optims": {k: self.optims[k].state_dict() for k in _NETS}}
