@@ -272,3 +272,18 @@ def test_paired_dataset_that_filmed_the_demo_corpus_is_refused(tmp_path, home, s
             load_stage2_data(root, size=16)
     else:
         check_disjoint(load_stage2_data(root, size=16))
+
+
+def test_unknown_faces_judged_the_same_person_become_one_identity():
+    """Unknown faces within dlib's 0.6 of each other (transitively) share an identity, so the
+    split cannot put one person on both sides; a named face gives its name to its matches."""
+    from deid.methods.stage2.data import group_unknown_identities
+
+    emb = torch.tensor([[0.0], [0.5], [1.0], [5.0], [9.0], [9.3], [20.0]])
+    ids = ["img:a", "img:b", "img:c", "img:d", "Ann", "img:f", "img:g"]
+    out = group_unknown_identities(torch.zeros(7, 3, 4, 4), ids, embed=lambda x: emb.numpy())
+    assert out[0] == out[1] == out[2] == "group:a"  # a-b-c chained
+    assert out[3] == "img:d" and out[6] == "img:g"
+    assert out[4] == out[5] == "Ann"
+    src, ref = split_identities(out, 0.5, seed=0)
+    assert not {out[i] for i in src} & {out[i] for i in ref}

