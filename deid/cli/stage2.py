@@ -21,6 +21,7 @@ from optics.kit.cli import (
 from optics.kit.config import assemble_config, load_config
 from optics.kit.imageio import load_image, save_image
 from optics.kit.paths import confined_path
+from optics.kit.resize import resize_to
 
 __all__ = ["register"]
 
@@ -68,8 +69,6 @@ def _load(paths, captured: bool) -> torch.Tensor:
 
 
 def _grid(inputs: torch.Tensor, outputs: torch.Tensor, n: int = 8) -> torch.Tensor:
-    from optics.kit.resize import resize_to
-
     k = min(n, len(outputs))
     s = outputs.shape[-1]
     top = torch.cat(list(resize_to(inputs[:k], s)), dim=-1)

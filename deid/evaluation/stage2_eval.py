@@ -183,7 +183,7 @@ def _eer_threshold(name: str, emb: np.ndarray, ids: np.ndarray, what: str) -> di
     if len(gen) == 0 or len(imp) == 0:
         return None
     t, eer = eer_threshold(gen, imp)
-    return {"threshold": 1.0 - t, "threshold_from": f"EER of the {what}'s pairs", "eer": eer,
+    return {"threshold": 1.0 - t, "threshold_from": f"EER of the {what} pairs", "eer": eer,
             "genuine_pairs": int(len(gen)), "impostor_pairs": int(len(imp))}
 
 
@@ -201,7 +201,7 @@ def _dis(name: str, e_src: np.ndarray, e_out: np.ndarray, ids: np.ndarray,
     else:
         thr = _eer_threshold(name, *ref) if ref is not None else None
         if thr is None and len(np.unique(ids)) < len(ids):
-            thr = _eer_threshold(name, e_src, ids, "sources")
+            thr = _eer_threshold(name, e_src, ids, "sources'")
     if thr is None:
         why = ("the gallery lacks genuine or impostor pairs" if ref is not None else
                "no gallery") + " and no source identity repeats: no pairs to set a threshold"
@@ -407,7 +407,7 @@ def evaluate_deid(sources, outputs, source_ids, gallery=None, gallery_ids=None, 
         except _UNAVAILABLE as e:
             dis[name] = reid[name] = _unavailable(f"judge {name}", e)
             continue
-        ref = (e_gal, gallery_ids, "clean gallery") if gal is not None else None
+        ref = (e_gal, gallery_ids, "clean gallery's") if gal is not None else None
         dis[name] = _dis(name, e_src, e_out, ids, ref, n_boot, seed)
         if gal is not None:
             reid[name] = _reid(name, e_src, e_out, e_gal, ids, gallery_ids, src_keys,

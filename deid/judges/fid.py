@@ -49,6 +49,7 @@ import hashlib
 import logging
 import os
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -162,7 +163,10 @@ def load_inception(device: str | torch.device = "cpu",
             path = fetch_fid_weights(cache_dir)
             if sha256_file(path) != FID_MEMBER_SHA256:
                 raise FIDUnavailable(f"{path} changed after it was checked; delete it")
-            net = torch.jit.load(str(path), map_location=key)
+            with warnings.catch_warnings():  # torch 2.x marks TorchScript as deprecated
+                warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*",
+                                        category=FutureWarning)
+                net = torch.jit.load(str(path), map_location=key)
             net.eval()
             _MODELS[key] = net
         return _MODELS[key]
