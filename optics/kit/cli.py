@@ -24,13 +24,29 @@ class UserError(Exception):
 USER_ERRORS = (UserError, ValueError, KeyError, OSError)
 
 
+class ExamplesFormatter(argparse.HelpFormatter):
+    """Wraps descriptions as usual but keeps an ``examples:`` epilog line by line."""
+
+    def _fill_text(self, text, width, indent):
+        if text.lstrip().startswith(("example:", "examples:")):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+class _CommandParser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", ExamplesFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser(prog: str, description: str) -> tuple[argparse.ArgumentParser, object]:
-    """Top-level parser and its sub-command collection."""
+    """Top-level parser and its sub-command collection (each command's ``examples:`` epilog
+    keeps its lines)."""
     parser = argparse.ArgumentParser(
         prog=prog, description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     return parser, sub
 
 
