@@ -22,6 +22,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(VENV)/bin/optics demo --out runs/demo
+	$(VENV)/bin/deid demo --out runs/demo
 
 test: setup
 	$(VENV)/bin/lint-imports --no-logo

@@ -8,8 +8,10 @@ from pathlib import Path
 import torch
 
 from deid.evaluation.stage2_report import ablation, evaluate_run
+from deid.faces.corpus import load_split
 from deid.faces.dataset import list_images
 from deid.methods.stage2.config import Stage2Config
+from deid.methods.stage2.data import load_stage2_data
 from deid.methods.stage2.inference import Anonymizer
 from deid.methods.stage2.run import train_stage2
 from optics.kit.cli import (
@@ -137,6 +139,49 @@ def cmd_ablation(args) -> int:
     return 0
 
 
+def _repo_configs() -> Path:
+    return Path(__file__).resolve().parents[2] / "configs"
+
+
+def cmd_demo(args) -> int:
+    """Stage 2 of the embedded default job: train on the demo faces behind the demo's
+    stage-1 run, de-identify the test faces, evaluate."""
+    out = Path(args.out)
+    s1 = out / "stage1"
+    if not (s1 / "config.yaml").is_file():
+        raise UserError(f"no stage-1 run in {s1}: run `optics demo --out {out}` first")
+    configs = Path(args.configs) if args.configs else _repo_configs()
+    if not (configs / "stage2-demo.yaml").is_file():
+        raise UserError(f"demo config not found: {configs / 'stage2-demo.yaml'} "
+                        f"(pass --configs DIR)")
+    cfg = assemble_config(Stage2Config, configs / "stage2-demo.yaml", {"stage1": str(s1)})
+    run = out / "stage2"
+    print("[1/3] stage 2: the de-identification generator (StarGAN v2-based)")
+    done = (run / "run.json").is_file() and \
+        json.loads((run / "run.json").read_text()).get("steps") == cfg.steps
+    if done:
+        print(f"  reusing {run}/")
+    else:
+        train_stage2(cfg, run, resume=any(run.glob("ckpt_*.pt")), progress=not args.quiet)
+    print("[2/3] de-identified test faces")
+    x, _, _ = load_split(None, "test", 128, landmark_key=None)
+    anon = Anonymizer(s1, run)
+    refs = load_stage2_data(cfg.data or None, anon.frozen.stage1_size, seed=cfg.seed,
+                            reference_fraction=cfg.reference_fraction).references
+    outputs = anon.anonymize(x, anon.reference_styles(refs))
+    folder = run / "anonymized"
+    for i, img in enumerate(outputs):
+        save_image(img, folder / f"test-{i:03d}.png")
+    save_image(_grid(x, outputs), folder / "grid.png")
+    print(f"  {len(outputs)} faces in {folder}/ (grid.png: sources above, outputs below)")
+    print("[3/3] evaluation (28 johns faces x 5 references; deid evaluate gives the full one)")
+    evaluate_run(s1, run, run / "evaluation", refs_per_source=5, max_sources=28,
+                 n_boot=500, progress=not args.quiet)
+    print((run / "evaluation" / "evaluation.md").read_text())
+    print(f"stage 2 written to {run}/ (samples/, anonymized/, evaluation/)")
+    return 0
+
+
 def register(sub) -> None:
     p = add_common(sub.add_parser(
         "train-stage2", help="train the de-identification generator behind a stage-1 run",
@@ -219,6 +264,18 @@ def register(sub) -> None:
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
+
+    p = add_common(sub.add_parser(
+        "demo", help="stage 2 of the embedded default job (used by make demo)",
+        description="After `optics demo --out DIR`: trains stage 2 with "
+                    "configs/stage2-demo.yaml behind DIR/stage1 (resumed or reused when "
+                    "already there), de-identifies the demo test faces and evaluates.",
+        epilog="example:\n  deid demo --out runs/demo"))
+    p.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
+    p.add_argument("--configs", metavar="DIR", help="folder holding stage2-demo.yaml "
+                                                    "(default: the repository's configs/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
 
     p = add_common(sub.add_parser(
         "ablation", help="the paper's Table 1 grid (heatmap, LPIPS, expression) at small scale",
