@@ -375,15 +375,25 @@ def add_noise(
     if photons is not None:
         if exact_poisson:
             rate = x.detach().clamp(min=0.0) * photons
-            sample = torch.poisson(rate, generator=generator) / photons
+            sample = torch.poisson(rate.to(_draw_device(x, generator)),
+                                   generator=generator).to(x.device) / photons
             x = x + (sample - x).detach()
         else:
-            eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = x + torch.sqrt(x.clamp(min=_SHOT_EPS) / photons) * eps
+            x = x + torch.sqrt(x.clamp(min=_SHOT_EPS) / photons) * _randn_like(x, generator)
     if read_noise_std > 0:
-        eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = x + eps.mul_(read_noise_std)
+        x = x + _randn_like(x, generator).mul_(read_noise_std)
     return x
+
+
+def _draw_device(x: torch.Tensor, generator: torch.Generator | None) -> torch.device:
+    return x.device if generator is None else generator.device
+
+
+def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise shaped like ``x``, drawn on ``generator``'s device, on ``x``'s."""
+    eps = torch.randn(x.shape, generator=generator, device=_draw_device(x, generator),
+                      dtype=x.dtype)
+    return eps.to(x.device)
 
 
 class _Quantize(torch.autograd.Function):
