@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 
-__all__ = ["cpu_model", "loadavg", "cpu_counters"]
+__all__ = ["cpu_model", "loadavg", "cpu_counters", "proc_status_mb"]
 
 
 def cpu_model() -> str:
@@ -36,3 +36,15 @@ def cpu_counters():
     idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
     total = sum(v[:8])  # user..steal (guest time is already inside user)
     return total - idle, total
+
+
+def proc_status_mb(field: str) -> float:
+    """``VmRSS`` / ``VmHWM`` of this process in MB (nan if /proc is unavailable)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError):
+        pass
+    return float("nan")

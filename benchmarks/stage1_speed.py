@@ -106,19 +106,7 @@ def parse_args(argv=None):
 
 
 # ----------------------------------------------------------------------------- machine
-from machine import cpu_counters, cpu_model, loadavg  # noqa: E402  (benchmarks/machine.py)
-
-
-def proc_status_mb(field: str) -> float:
-    """``VmRSS`` / ``VmHWM`` of this process in MB (nan if /proc is unavailable)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024  # kB
-    except (OSError, ValueError):
-        pass
-    return float("nan")
+from machine import cpu_counters, cpu_model, loadavg, proc_status_mb  # noqa: E402,I001
 
 
 # ------------------------------------------------------------------------------ worker
