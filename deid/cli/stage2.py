@@ -22,6 +22,7 @@ from optics.kit.cli import (
     dataclass_overrides,
 )
 from optics.kit.config import assemble_config, load_config
+from optics.kit.distributed import pick_device
 from optics.kit.imageio import load_image, save_image
 from optics.kit.paths import confined_path
 from optics.kit.resize import resize_to
@@ -68,7 +69,16 @@ def _load(paths, captured: bool) -> torch.Tensor:
             raise ValueError(f"captured privacy frames must be square crops (rig dataset "
                              f"writes them so); {bad[0]} is not")
     side = min(min(im.shape[1:]) for im in ims)
-    return torch.stack([load_image(p, side) for p in paths])
+    return torch.stack([_square(im, side) for im in ims])
+
+
+def _square(im: torch.Tensor, side: int) -> torch.Tensor:
+    """The centred square of ``im (3, H, W)``, resized to ``side`` with the kit's resize
+    (the file is read once)."""
+    h, w = im.shape[1:]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    return resize_to(im[None, :, top:top + s, left:left + s], side)[0]
 
 
 def _grid(inputs: torch.Tensor, outputs: torch.Tensor, n: int = 8) -> torch.Tensor:
@@ -84,9 +94,10 @@ def cmd_anonymize(args) -> int:
         raise UserError("give --references DIR (public faces) or --seed N (latent styles)")
     paths = _images(args.images, "images")
     images = _load(paths, args.captured)
-    device = "cuda" if torch.cuda.is_available() and args.device == "auto" else (
-        "cpu" if args.device == "auto" else args.device)
-    anon = Anonymizer(args.stage1, args.stage2, device=device, margin=args.margin)
+    if args.batch < 1:
+        raise UserError(f"--batch must be at least 1, got {args.batch}")
+    anon = Anonymizer(args.stage1, args.stage2, device=pick_device(args.device),
+                      margin=args.margin)
     if args.references is not None:
         refs = torch.stack([load_image(p, anon.size) for p in _images(args.references,
                                                                      "references")])
@@ -120,6 +131,8 @@ def _margins(text):
 
 
 def cmd_evaluate(args) -> int:
+    if args.refs_per_source < 1 or (args.max_sources is not None and args.max_sources < 1):
+        raise UserError("--refs-per-source and --max-sources must be at least 1")
     report = evaluate_run(args.stage1, args.stage2, args.out, args.refs_per_source,
                           margins=_margins(args.margins), split=args.split,
                           max_sources=args.max_sources, seed=args.seed, n_boot=args.n_boot,
@@ -131,6 +144,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_ablation(args) -> int:
+    if args.steps < 1 or args.refs_per_source < 1 or args.max_sources < 1:
+        raise UserError("--steps, --refs-per-source and --max-sources must be at least 1")
     base = assemble_config(Stage2Config, args.config, dataclass_overrides(args, Stage2Config),
                            args.overrides)
     ablation(base, args.out, args.steps, refs_per_source=args.refs_per_source,

@@ -10,7 +10,6 @@ is brought to ``R`` for U instead.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 
@@ -123,8 +122,3 @@ class FrozenParts(nn.Module):
     def chip_affines(images_r: torch.Tensor) -> torch.Tensor:
         """dlib's chip affines of clean ``R``-px faces ``(N, 2, 3)`` (float32)."""
         return torch.as_tensor(DlibFaceEmbedder().chip_affines(images_r), dtype=torch.float32)
-
-    def describe(self) -> str:
-        return json.dumps({"stage1_size": self.stage1_size, "img_size": self.img_size,
-                           "teacher": self.teacher is not None, "twin": self.twin is not None,
-                           "lpips": self.lpips is not None})

@@ -196,8 +196,8 @@ class Stage2Solver:
                      index=src)
 
     # ------------------------------------------------------------------------ losses
-    def _style(self, b: Batch, which: str, mode: str, net=None):
-        nets = net or self.nets
+    def _style(self, b: Batch, which: str, mode: str):
+        nets = self.nets
         if mode == "latent":
             return nets["mapping"](b.z1 if which == "1" else b.z2, b.ref_domain)
         r = b.ref if which == "1" else b.ref2
