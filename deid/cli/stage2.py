@@ -10,6 +10,12 @@ import torch
 from deid.evaluation.stage2_report import ablation, evaluate_run
 from deid.faces.corpus import load_split
 from deid.faces.dataset import list_images
+from deid.methods.software.falco import Falco, FalcoConfig
+from deid.methods.software.private_encoder import (
+    PrivateEncoderAnonymizer,
+    PrivateEncoderConfig,
+    train_private_encoder,
+)
 from deid.methods.stage2.config import Stage2Config
 from deid.methods.stage2.data import load_stage2_data
 from deid.methods.stage2.inference import Anonymizer
@@ -21,7 +27,7 @@ from optics.kit.cli import (
     add_overrides,
     dataclass_overrides,
 )
-from optics.kit.config import assemble_config, load_config
+from optics.kit.config import assemble_config, load_config, to_dict
 from optics.kit.distributed import pick_device
 from optics.kit.imageio import load_image, save_image
 from optics.kit.paths import confined_path
@@ -89,13 +95,92 @@ def _grid(inputs: torch.Tensor, outputs: torch.Tensor, n: int = 8) -> torch.Tens
     return torch.cat([top, bottom], dim=-2)
 
 
+def _write_outputs(out: Path, paths, images, outputs, record: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for p, img in zip(paths, outputs, strict=True):
+        save_image(img, confined_path(out, p.stem, ".png", what="output name"))
+    save_image(_grid(images, outputs), out / "grid.png")
+    (out / "anonymize.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _anonymize_falco(args, paths, images) -> int:
+    if not args.stage1:
+        raise UserError("--method falco needs --stage1 RUN (its content input is y = camera(x))")
+    cfg = FalcoConfig(margin=0.5 if args.margin is None else args.margin, steps=args.steps,
+                      invert_steps=args.invert_steps, batch=args.batch)
+    anon = Anonymizer(args.stage1, args.stage2, device=pick_device(args.device))
+    if args.references is not None:
+        refs = torch.stack([load_image(p, anon.size) for p in _images(args.references,
+                                                                     "references")])
+        pool = f"{args.references} ({len(refs)})"
+    else:
+        c = anon.model.config
+        refs = load_stage2_data(c.data or None, anon.size, seed=c.seed,
+                                reference_fraction=c.reference_fraction).references
+        pool = f"the stage-2 run's references ({len(refs)})"
+    res = Falco(anon, cfg).anonymize(images, refs, progress=not args.quiet)
+    _write_outputs(Path(args.out), paths, images, res.outputs, {
+        "method": "falco", "stage1": str(args.stage1), "stage2": str(args.stage2),
+        "images": len(paths), "reference_pool": pool, "config": to_dict(cfg),
+        "optimised_blocks": list(res.blocks), "size_px": anon.size,
+        "per_image": [{"name": p.name, "reference": int(i), "reference_cosine": float(c),
+                       "twin_cosine_inverted": float(a), "twin_cosine": float(b)}
+                      for p, i, c, a, b in zip(paths, res.reference_index,
+                                               res.reference_cosine,
+                                               res.identity_cosine_inverted,
+                                               res.identity_cosine, strict=True)]})
+    print(f"{len(paths)} FALCO-style faces (margin {cfg.margin}, {cfg.steps} steps; twin "
+          f"cosine to the source {res.identity_cosine.mean():.3f} on average, "
+          f"{res.identity_cosine_inverted.mean():.3f} after inversion) written to "
+          f"{args.out}/ with grid.png")
+    return 0
+
+
+def _anonymize_private_encoder(args, paths, images) -> int:
+    if not args.encoder:
+        raise UserError("--method private-encoder needs --encoder RUN "
+                        "(made by deid train-private-encoder)")
+    anon = PrivateEncoderAnonymizer(args.encoder, args.stage2, device=pick_device(args.device),
+                                    epsilon=args.epsilon, mechanism=args.mechanism,
+                                    delta=args.delta)
+    outputs = anon.anonymize(images, seed=args.noise_seed, batch=args.batch)
+    _write_outputs(Path(args.out), paths, images, outputs, {
+        "method": "private-encoder", "encoder": str(args.encoder),
+        "stage2": str(args.stage2 or anon.cfg.stage2), "images": len(paths),
+        "epsilon": args.epsilon, "mechanism": args.mechanism, "delta": args.delta,
+        "clip": anon.model.clip, "code_length": anon.model.dim, "noise_scale": anon.scale,
+        "noise_seed": args.noise_seed, "size_px": anon.size})
+    what = "sigma" if args.mechanism == "gaussian" else "scale"
+    print(f"{len(paths)} Private-Encoder-style faces (epsilon {args.epsilon}, {args.mechanism} "
+          f"noise {what} {anon.scale:.4g} on a code of {anon.model.dim} entries clipped to "
+          f"+-{anon.model.clip}) written to {args.out}/ with grid.png")
+    return 0
+
+
 def cmd_anonymize(args) -> int:
+    if args.batch < 1:
+        raise UserError(f"--batch must be at least 1, got {args.batch}")
+    if not args.stage2 and args.method != "private-encoder":
+        raise UserError(f"--method {args.method} needs --stage2 RUN")
+    if args.method != "privlens":
+        if args.captured:
+            raise UserError(f"--method {args.method} is software-level: it needs the clean "
+                            f"images, not captured privacy frames")
+        if args.epsilon is not None and not args.epsilon > 0:
+            raise UserError(f"--epsilon must be positive (inf: no noise), got {args.epsilon}")
+        if args.steps < 0 or args.invert_steps < 0:
+            raise UserError("--steps and --invert-steps must be at least 0")
+        paths = _images(args.images, "images")
+        images = _load(paths, False)
+        if args.method == "falco":
+            return _anonymize_falco(args, paths, images)
+        return _anonymize_private_encoder(args, paths, images)
+    if not args.stage1:
+        raise UserError("give --stage1 RUN (the camera and U of privlens)")
     if (args.references is None) == (args.seed is None):
         raise UserError("give --references DIR (public faces) or --seed N (latent styles)")
     paths = _images(args.images, "images")
     images = _load(paths, args.captured)
-    if args.batch < 1:
-        raise UserError(f"--batch must be at least 1, got {args.batch}")
     anon = Anonymizer(args.stage1, args.stage2, device=pick_device(args.device),
                       margin=args.margin)
     if args.references is not None:
@@ -108,14 +193,10 @@ def cmd_anonymize(args) -> int:
         source = f"latent styles, seed {args.seed}"
     outputs = anon.anonymize(images, styles, captured=args.captured, batch=args.batch)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for p, img in zip(paths, outputs, strict=True):
-        save_image(img, confined_path(out, p.stem, ".png", what="output name"))
-    save_image(_grid(images, outputs), out / "grid.png")
-    (out / "anonymize.json").write_text(json.dumps({
-        "stage1": str(args.stage1), "stage2": str(args.stage2), "images": len(paths),
-        "styles": source, "margin": anon.margin, "captured": bool(args.captured),
-        "size_px": anon.size}, indent=1) + "\n")
+    _write_outputs(out, paths, images, outputs, {
+        "method": "privlens", "stage1": str(args.stage1), "stage2": str(args.stage2),
+        "images": len(paths), "styles": source, "margin": anon.margin,
+        "captured": bool(args.captured), "size_px": anon.size})
     print(f"{len(paths)} de-identified faces ({anon.size} px, {source}, margin "
           f"{anon.margin}) written to {out}/ with grid.png")
     return 0
@@ -151,6 +232,22 @@ def cmd_ablation(args) -> int:
     ablation(base, args.out, args.steps, refs_per_source=args.refs_per_source,
              max_sources=args.max_sources, progress=not args.quiet)
     print((Path(args.out) / "ablation.md").read_text())
+    return 0
+
+
+def cmd_train_private_encoder(args) -> int:
+    out = args.resume or args.out
+    if not out:
+        raise UserError("give --out DIR for a new run or --resume DIR to continue one")
+    base = args.config
+    if args.resume and not base:
+        base = Path(args.resume) / "config.yaml"
+        load_config(PrivateEncoderConfig, base)
+    cfg = assemble_config(PrivateEncoderConfig, base,
+                          dataclass_overrides(args, PrivateEncoderConfig), args.overrides)
+    last = train_private_encoder(cfg, out, resume=bool(args.resume), progress=not args.quiet)
+    print(f"private encoder: step {last.get('step')}, loss {last.get('total', float('nan')):.4f}"
+          f"; run folder {out}/ (samples.png: sources above, noise-free outputs below)")
     return 0
 
 
@@ -224,32 +321,83 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_train_stage2)
 
     p = add_common(sub.add_parser(
+        "train-private-encoder",
+        help="train the Private-Encoder-style encoder on top of a stage-2 run",
+        description="An encoder maps the clean face to a code in [-C, C]^d that the frozen "
+                    "stage-2 generator decodes alone (through a learned lift and a constant "
+                    "canvas); trained noise-free, as the published code, on MSE + LPIPS + "
+                    "|t - twin cosine|. deid anonymize --method private-encoder adds the "
+                    "differential-privacy noise. Writes config.yaml, log.csv, ckpt_<step>.pt "
+                    "(atomic), samples.png and run.json.",
+        epilog="examples:\n"
+               "  deid train-private-encoder --stage2 runs/demo/stage2 --out "
+               "runs/demo/private-encoder\n"
+               "  deid train-private-encoder --resume runs/demo/private-encoder --steps 800"))
+    p.add_argument("--out", help="run folder")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly")
+    p.add_argument("--config", metavar="FILE", help="YAML config (PrivateEncoderConfig fields)")
+    add_overrides(p, "id_target=0.0")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_dataclass_args(p, PrivateEncoderConfig)
+    p.set_defaults(func=cmd_train_private_encoder)
+
+    p = add_common(sub.add_parser(
         "anonymize", help="de-identify face images with a stage-1 and a stage-2 run",
-        description="Each image goes through the stage-1 camera (or is taken as a captured "
-                    "privacy frame with --captured), U reads its landmarks, and the stage-2 "
-                    "generator draws a new face with the style of a public reference (image i "
-                    "takes reference i mod M) or of a seeded latent. Writes one PNG per input "
-                    "(same name), grid.png and anonymize.json.",
+        description="--method privlens (default): each image goes through the stage-1 camera "
+                    "(or is taken as a captured privacy frame with --captured), U reads its "
+                    "landmarks, and the stage-2 generator draws a new face with the style of a "
+                    "public reference (image i takes reference i mod M) or of a seeded latent. "
+                    "--method falco (software level, needs the clean image): the same content "
+                    "input, with per-block styles inverted from x, paired with the nearest "
+                    "public reference and optimised towards --margin (identity cosine of the "
+                    "dlib twin). --method private-encoder (software level): the clean image's "
+                    "code, clipped and noised for --epsilon differential privacy, decoded "
+                    "alone. Writes one PNG per input (same name), grid.png and "
+                    "anonymize.json.",
         epilog="examples:\n"
                "  deid anonymize --stage1 runs/demo/stage1 --stage2 runs/demo/stage2 "
                "--images faces/ --references public/ --out anon/\n"
                "  deid anonymize --stage1 runs/demo/stage1 --stage2 runs/demo/stage2 "
                "--images faces/ --seed 3 --margin 0.0 --out anon/\n"
                "  deid anonymize --stage1 RUN1 --stage2 RUN2 --images pairs/test/privacy "
-               "--captured --seed 0 --out anon/"))
-    p.add_argument("--stage1", required=True, metavar="RUN", help="stage-1 run folder")
-    p.add_argument("--stage2", required=True, metavar="RUN", help="stage-2 run folder")
+               "--captured --seed 0 --out anon/\n"
+               "  deid anonymize --method falco --margin 0.0 --stage1 runs/demo/stage1 "
+               "--stage2 runs/demo/stage2 --images faces/ --out anon-falco/\n"
+               "  deid anonymize --method private-encoder --encoder "
+               "runs/demo/private-encoder --epsilon 10 --stage2 runs/demo/stage2 --images "
+               "faces/ --out anon-pe/"))
+    p.add_argument("--method", choices=("privlens", "falco", "private-encoder"),
+                   default="privlens", help="privlens (default), falco or private-encoder")
+    p.add_argument("--stage1", metavar="RUN", help="stage-1 run folder (privlens, falco)")
+    p.add_argument("--stage2", metavar="RUN", help="stage-2 run folder (private-encoder: "
+                                                   "default the encoder's own)")
     p.add_argument("--images", required=True, metavar="DIR", help="folder of face images")
     p.add_argument("--references", metavar="DIR", help="folder of public reference faces")
     p.add_argument("--seed", type=int, help="draw latent styles with this seed instead")
-    p.add_argument("--margin", type=float, help="privacy dial: target identity cosine to the "
-                                                "source (1 keeps it, 0 removes it; default: "
-                                                "the middle training margin)")
+    p.add_argument("--margin", type=float, help="privacy dial (privlens) or FALCO margin: "
+                                                "target identity cosine to the source (1 "
+                                                "keeps it, 0 removes it; default: the middle "
+                                                "training margin, FALCO 0.5)")
+    p.add_argument("--steps", type=int, default=50, help="falco: optimisation steps per image "
+                                                         "(default 50, FALCO's)")
+    p.add_argument("--invert-steps", type=int, default=100,
+                   help="falco: inversion steps per image (default 100)")
+    p.add_argument("--encoder", metavar="RUN", help="private-encoder: the encoder run")
+    p.add_argument("--epsilon", type=float, default=float("inf"),
+                   help="private-encoder: privacy budget (default inf: no noise, as the "
+                        "published code)")
+    p.add_argument("--mechanism", choices=("laplace", "gaussian"), default="laplace",
+                   help="private-encoder: noise (default laplace, eps-DP)")
+    p.add_argument("--delta", type=float, default=1e-5,
+                   help="private-encoder: delta of the Gaussian mechanism (default 1e-5)")
+    p.add_argument("--noise-seed", type=int, default=0,
+                   help="private-encoder: seed of the privacy noise (default 0)")
     p.add_argument("--captured", action="store_true",
                    help="the images are captured privacy frames (skip the simulated camera)")
     p.add_argument("--batch", type=int, default=16, help="images per batch (default 16)")
     p.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda:0, ...")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_anonymize)
 
     p = add_common(sub.add_parser(

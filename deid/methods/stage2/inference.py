@@ -37,6 +37,7 @@ class Stage2Model:
     fingerprint: str
     step: int
     path: Path
+    identity_centre: torch.Tensor | None = None  # (D,) the dial's twin centre, if trained so
 
 
 def load_stage2(run, device="cpu") -> Stage2Model:
@@ -56,8 +57,10 @@ def load_stage2(run, device="cpu") -> Stage2Model:
     for k, sd in state["ema"].items():
         ema[k].load_state_dict(sd)
     ema.to(device).eval().requires_grad_(False)
+    centre = state.get("identity_centre")
     return Stage2Model(cfg, ema, list(state["domains"]), state.get("stage1_fingerprint", ""),
-                       int(state["step"]), found)
+                       int(state["step"]), found,
+                       None if centre is None else centre.to(device))
 
 
 class Anonymizer:

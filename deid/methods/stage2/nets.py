@@ -169,9 +169,11 @@ class Generator(nn.Module):
     at the bottleneck), decoder (two AdaIN blocks at the bottleneck, then up-sampling AdaIN
     blocks), ``to_rgb`` = IN LReLU conv1x1.
 
-    ``y``: ``(B, 3, S, S)`` in [0, 1]; ``s``: ``(B, style_dim)``; ``masks``: ``(coarse,
-    fine)``, each ``(B, 1, S, S)`` in [0, 1], or None when ``use_heatmap`` is off. Returns
-    ``(B, 3, S, S)``, nominally in [0, 1] (not clamped)."""
+    ``y``: ``(B, 3, S, S)`` in [0, 1]; ``s``: ``(B, style_dim)``, one style for every
+    decoder block, or ``(B, n_style_blocks, style_dim)``, one per block (the per-layer codes
+    FALCO-style editing optimises; block 0 is the first bottleneck block, the last one works
+    at ``S``); ``masks``: ``(coarse, fine)``, each ``(B, 1, S, S)`` in [0, 1], or None when
+    ``use_heatmap`` is off. Returns ``(B, 3, S, S)``, nominally in [0, 1] (not clamped)."""
 
     def __init__(self, img_size: int = 64, style_dim: int = 64, base_width: int = 32,
                  max_width: int = 256, w_hpf: float = 1.0, use_heatmap: bool = True):
@@ -197,6 +199,11 @@ class Generator(nn.Module):
                                 if self.w_hpf > 0 and r > img_size // 2 ** n)
         self.hpf = HighPass(self.w_hpf) if self.w_hpf > 0 else None
 
+    @property
+    def n_style_blocks(self) -> int:
+        """Decoder blocks, each with its own style input."""
+        return len(self.decode)
+
     def forward(self, y: torch.Tensor, s: torch.Tensor, masks=None) -> torch.Tensor:
         if y.shape[-1] != self.img_size or y.shape[-2] != self.img_size:
             raise ValueError(f"the generator takes {self.img_size} px images, "
@@ -213,8 +220,11 @@ class Generator(nn.Module):
             if x.shape[-1] in self.skip_sizes:
                 cache[x.shape[-1]] = x
             x = block(x)
-        for block in self.decode:
-            x = block(x, s)
+        if s.dim() == 3 and s.shape[1] != len(self.decode):
+            raise ValueError(f"per-block styles need {len(self.decode)} blocks, got "
+                             f"{tuple(s.shape)}")
+        for k, block in enumerate(self.decode):
+            x = block(x, s[:, k] if s.dim() == 3 else s)
             r = x.shape[-1]
             if r in cache:
                 mask = coarse if r == self.img_size // 8 else fine

@@ -95,10 +95,14 @@ def build_nets(cfg: Stage2Config, num_domains: int) -> nn.ModuleDict:
 
 
 def with_margin(style: torch.Tensor, margin: torch.Tensor | None) -> torch.Tensor:
-    """G's style input: the style code, and the margin as one more entry when given."""
+    """G's style input: the style code (``(B, D)`` or per block ``(B, K, D)``), and the
+    margin ``(B,)`` as one more entry (of every block) when given."""
     if margin is None:
         return style
-    return torch.cat([style, margin.to(style.dtype)[:, None]], dim=1)
+    m = margin.to(style.dtype)[:, None]
+    if style.dim() == 3:
+        m = m[:, None].expand(-1, style.shape[1], 1)
+    return torch.cat([style, m], dim=-1)
 
 
 class Batch:
