@@ -261,3 +261,45 @@ def test_evaluate_writes_the_tables_with_baselines(setup, tmp_path):
     assert all(v["dis"]["value"] == 0 for v in clean.values() if "dis" in v)  # may be absent
     assert (out / "evaluation.md").read_text().count("published (CelebA-HQ, GPU)") == 1
     assert (out / "evaluation_grid.png").exists()
+
+
+def test_software_methods_from_the_command_line(setup, tmp_path):
+    """FALCO-style and Private-Encoder-style anonymisation through ``deid anonymize`` (and
+    ``deid train-private-encoder``) on a tiny stage-2 run, with their one-line errors."""
+    root, s1, sg = setup
+    run = tmp_path / "s2"
+    r = _run("train-stage2", "--stage1", str(s1), "--data", str(sg), "--steps", "1", *TINY,
+             "--out", str(run))
+    assert r.returncode == 0, r.stderr[-2000:]
+    faces, refs = root / "corpus", sg / "train" / "male"
+    out = tmp_path / "falco"
+    r = _run("anonymize", "--method", "falco", "--stage1", str(s1), "--stage2", str(run),
+             "--images", str(faces), "--references", str(refs), "--steps", "2",
+             "--invert-steps", "1", "--margin", "0.0", "--quiet", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    rec = json.loads((out / "anonymize.json").read_text())
+    assert rec["method"] == "falco" and rec["config"]["margin"] == 0.0
+    assert len(rec["per_image"]) == 8 and all(0 <= p["reference"] < 6 for p in rec["per_image"])
+    assert Image.open(out / "f3.png").size == (32, 32)
+    enc = tmp_path / "enc"
+    r = _run("train-private-encoder", "--stage2", str(run), "--data", str(sg), "--steps", "2",
+             "--batch-size", "2", "--lambda-lpips", "0", "--base-width", "8", "--max-width",
+             "16", "--ckpt-every", "1", "--quiet", "--out", str(enc))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (enc / "ckpt_2.pt").exists() and (enc / "samples.png").exists()
+    out = tmp_path / "pe"
+    r = _run("anonymize", "--method", "private-encoder", "--encoder", str(enc), "--epsilon",
+             "10", "--images", str(faces), "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    rec = json.loads((out / "anonymize.json").read_text())
+    assert rec["noise_scale"] == pytest.approx(2 * rec["clip"] * rec["code_length"] / 10)
+    assert len(list(out.glob("f*.png"))) == 8
+    for args, msg in ((["--method", "private-encoder"], "--encoder"),
+                      (["--method", "falco", "--stage1", str(s1), "--stage2", str(run),
+                        "--captured"], "clean images"),
+                      (["--method", "private-encoder", "--encoder", str(enc), "--epsilon",
+                        "0"], "--epsilon"),
+                      (["--method", "falco", "--stage2", str(run)], "--stage1")):
+        r = _run("anonymize", *args, "--images", str(faces), "--out", str(tmp_path / "x"))
+        assert r.returncode == 2, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, r.stderr
