@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from deid.evaluation.stage2_report import ablation, evaluate_run
+from deid.evaluation.threats import threat_report
 from deid.faces.corpus import load_split
 from deid.faces.dataset import list_images
 from deid.methods.software.falco import Falco, FalcoConfig
@@ -251,6 +252,30 @@ def cmd_train_private_encoder(args) -> int:
     return 0
 
 
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{what} takes numbers separated by commas, got {text!r}") from None
+
+
+def cmd_threats(args) -> int:
+    margins = _floats(args.margins, "--margins")
+    epsilons = _floats(args.epsilons, "--epsilons")
+    if any(not -1 <= m <= 1 for m in margins) or any(not e > 0 for e in epsilons):
+        raise UserError("--margins are cosines in [-1, 1] and --epsilons must be positive")
+    if args.max_sources is not None and args.max_sources < 2:
+        raise UserError("--max-sources must be at least 2")
+    threat_report(args.stage1, args.stage2, args.out, encoder=args.encoder,
+                  falco_margins=margins, epsilons=epsilons if args.encoder else (),
+                  max_sources=args.max_sources, falco_steps=args.falco_steps,
+                  invert_steps=args.invert_steps, seed=args.seed, n_boot=args.n_boot,
+                  progress=not args.quiet)
+    print((Path(args.out) / "threats.md").read_text())
+    print(f"written to {args.out}/threats.json, threats.md, threats.png and threats_grid.png")
+    return 0
+
+
 def _repo_configs() -> Path:
     return Path(__file__).resolve().parents[2] / "configs"
 
@@ -427,6 +452,40 @@ def register(sub) -> None:
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
+
+    p = add_common(sub.add_parser(
+        "threats", help="optical against software de-identification under three threat models",
+        description="Rows: the learned camera, defocus, lr16, blur-4, mosaic-8, privlens "
+                    "two-stage, FALCO-style at --margins and Private-Encoder-style at "
+                    "--epsilons (with --encoder). Columns: output only (the attacker attacks "
+                    "the published output: direct, matched gallery, Wiener and RL where the "
+                    "output is a degraded image), sniffing (what the device holds before the "
+                    "output: x for software methods, y for cameras) and utility (dlib "
+                    "detection, landmark L1, FID), plus Private-Encoder's own protocol. "
+                    "Writes threats.json, threats.md, threats.png and threats_grid.png.",
+        epilog="examples:\n"
+               "  deid threats --stage1 runs/demo/stage1 --stage2 runs/demo/stage2 --encoder "
+               "runs/demo/private-encoder --out runs/demo/threats\n"
+               "  deid threats --stage1 RUN1 --stage2 RUN2 --margins 0.5 --max-sources 14 "
+               "--out threats"))
+    p.add_argument("--stage1", required=True, metavar="RUN", help="stage-1 run folder")
+    p.add_argument("--stage2", required=True, metavar="RUN", help="stage-2 run folder")
+    p.add_argument("--encoder", metavar="RUN", help="Private-Encoder-style run (no rows "
+                                                    "without it)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--margins", default="1.0,0.5,0.0", help="FALCO margins (default "
+                                                            "1.0,0.5,0.0)")
+    p.add_argument("--epsilons", default="0.1,1,10,100,inf",
+                   help="Private-Encoder epsilons (default 0.1,1,10,100,inf)")
+    p.add_argument("--max-sources", type=int, help="at most this many johns faces (every "
+                                                   "identity kept)")
+    p.add_argument("--falco-steps", type=int, default=50, help="FALCO steps (default 50)")
+    p.add_argument("--invert-steps", type=int, default=50, help="FALCO inversion steps "
+                                                                "(default 50)")
+    p.add_argument("--seed", type=int, default=0, help="noise and bootstrap seed")
+    p.add_argument("--n-boot", type=int, default=500, help="bootstrap replicates")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_threats)
 
     p = add_common(sub.add_parser(
         "demo", help="stage 2 of the embedded default job (used by make demo)",
