@@ -303,3 +303,47 @@ def test_software_methods_from_the_command_line(setup, tmp_path):
         r = _run("anonymize", *args, "--images", str(faces), "--out", str(tmp_path / "x"))
         assert r.returncode == 2, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, r.stderr
+
+
+def test_threat_report_rows_and_threat_models(setup, tmp_path):
+    """``deid threats`` on tiny runs: every row, the three threat models, sniffing defined by
+    what each device holds, and Private-Encoder's protocol beside them."""
+    root, s1, sg = setup
+    run, enc = tmp_path / "s2", tmp_path / "enc"
+    r = _run("train-stage2", "--stage1", str(s1), "--data", str(sg), "--steps", "1", *TINY,
+             "--out", str(run))
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _run("train-private-encoder", "--stage2", str(run), "--data", str(sg), "--steps", "1",
+             "--batch-size", "2", "--lambda-lpips", "0", "--lambda-id", "0", "--base-width",
+             "8", "--max-width", "16", "--quiet", "--out", str(enc))
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "threats"
+    r = _run("threats", "--stage1", str(s1), "--stage2", str(run), "--encoder", str(enc),
+             "--margins", "0.0", "--epsilons", "1,inf", "--max-sources", "14",
+             "--falco-steps", "1", "--invert-steps", "1", "--n-boot", "50", "--quiet",
+             "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads((out / "threats.json").read_text())
+    rows = rep["rows"]
+    assert list(rows) == ["learned camera", "defocus", "lr16", "blur-4", "mosaic-8",
+                          "privlens two-stage", "FALCO-style m=0", "Private-Encoder-style eps=1",
+                          "Private-Encoder-style eps=inf"]
+    assert rep["faces"]["images"] == 14 and rep["reid_chance"] == pytest.approx(1 / 7)
+    clean = rep["clean"]["worst"]["value"]
+    for name, t in rows.items():
+        worst = t["output_only"]["worst"]
+        assert worst["value"] == max(c["value"] for c in t["output_only"]["cells"].values())
+        assert 0 <= worst["lo"] <= worst["value"] <= worst["hi"] <= 1
+        if t["kind"] == "software":
+            assert t["sniffing"]["value"] == clean, name
+        elif t["kind"] == "optical":
+            assert t["sniffing"]["value"] == worst["value"], name
+    assert rows["privlens two-stage"]["sniffing"]["value"] == \
+        rows["learned camera"]["output_only"]["worst"]["value"]
+    assert "lr16/wiener" not in rows["lr16"]["output_only"]["cells"]  # per judge, e.g. dlib/
+    assert any(k.endswith("/wiener") for k in rows["blur-4"]["output_only"]["cells"])
+    assert not any(k.endswith("/wiener") for k in rows["FALCO-style m=0"]["output_only"]["cells"])
+    assert "ssim_centre" in rows["mosaic-8"]["private_encoder_protocol"]
+    md = (out / "threats.md").read_text()
+    assert "sniffing" in md and "(published)" in md
+    assert (out / "threats.png").stat().st_size > 10_000
