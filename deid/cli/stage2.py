@@ -293,14 +293,14 @@ def cmd_demo(args) -> int:
                         f"(pass --configs DIR)")
     cfg = assemble_config(Stage2Config, configs / "stage2-demo.yaml", {"stage1": str(s1)})
     run = out / "stage2"
-    print("[1/3] stage 2: the de-identification generator (StarGAN v2-based)")
+    print("[1/4] stage 2: the de-identification generator (StarGAN v2-based)")
     done = (run / "run.json").is_file() and \
         json.loads((run / "run.json").read_text()).get("steps") == cfg.steps
     if done:
         print(f"  reusing {run}/")
     else:
         train_stage2(cfg, run, resume=any(run.glob("ckpt_*.pt")), progress=not args.quiet)
-    print("[2/3] de-identified test faces")
+    print("[2/4] de-identified test faces")
     x, _, _ = load_split(None, "test", 128, landmark_key=None)
     anon = Anonymizer(s1, run)
     refs = load_stage2_data(cfg.data or None, anon.frozen.stage1_size, seed=cfg.seed,
@@ -311,11 +311,24 @@ def cmd_demo(args) -> int:
         save_image(img, folder / f"test-{i:03d}.png")
     save_image(_grid(x, outputs), folder / "grid.png")
     print(f"  {len(outputs)} faces in {folder}/ (grid.png: sources above, outputs below)")
-    print("[3/3] evaluation (28 johns faces x 5 references; deid evaluate gives the full one)")
+    print("[3/4] evaluation (28 johns faces x 5 references; deid evaluate gives the full one)")
     evaluate_run(s1, run, run / "evaluation", refs_per_source=5, max_sources=28,
                  n_boot=500, progress=not args.quiet)
     print((run / "evaluation" / "evaluation.md").read_text())
-    print(f"stage 2 written to {run}/ (samples/, anonymized/, evaluation/)")
+    print("[4/4] the Private-Encoder-style encoder (software-level peer) on top of stage 2")
+    pe_run = out / "private-encoder"
+    pe_cfg = assemble_config(PrivateEncoderConfig, configs / "private-encoder-demo.yaml",
+                             {"stage2": str(run)})
+    pe_done = (pe_run / "run.json").is_file() and \
+        json.loads((pe_run / "run.json").read_text()).get("steps") == pe_cfg.steps
+    if pe_done:
+        print(f"  reusing {pe_run}/")
+    else:
+        train_private_encoder(pe_cfg, pe_run, resume=any(pe_run.glob("ckpt_*.pt")),
+                              progress=not args.quiet)
+    print(f"stage 2 written to {run}/ (samples/, anonymized/, evaluation/), the encoder to "
+          f"{pe_run}/; the threat models: deid threats --stage1 {s1} --stage2 {run} "
+          f"--encoder {pe_run} --out {out / 'threats'}")
     return 0
 
 
@@ -491,7 +504,9 @@ def register(sub) -> None:
         "demo", help="stage 2 of the embedded default job (used by make demo)",
         description="After `optics demo --out DIR`: trains stage 2 with "
                     "configs/stage2-demo.yaml behind DIR/stage1 (resumed or reused when "
-                    "already there), de-identifies the demo test faces and evaluates.",
+                    "already there), de-identifies the demo test faces, evaluates, and trains "
+                    "the Private-Encoder-style encoder (configs/private-encoder-demo.yaml) in "
+                    "DIR/private-encoder.",
         epilog="example:\n  deid demo --out runs/demo"))
     p.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
     p.add_argument("--configs", metavar="DIR", help="folder holding stage2-demo.yaml "
