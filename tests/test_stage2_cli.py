@@ -287,6 +287,18 @@ def test_software_methods_from_the_command_line(setup, tmp_path):
              "16", "--ckpt-every", "1", "--quiet", "--out", str(enc))
     assert r.returncode == 0, r.stderr[-2000:]
     assert (enc / "ckpt_2.pt").exists() and (enc / "samples.png").exists()
+    # one step, then resumed to two, equals two straight
+    part = tmp_path / "enc-part"
+    r = _run("train-private-encoder", "--stage2", str(run), "--data", str(sg), "--steps", "1",
+             "--batch-size", "2", "--lambda-lpips", "0", "--base-width", "8", "--max-width",
+             "16", "--quiet", "--out", str(part))
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _run("train-private-encoder", "--resume", str(part), "--steps", "2", "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    a = torch.load(enc / "ckpt_2.pt", weights_only=True)["model"]
+    b = torch.load(part / "ckpt_2.pt", weights_only=True)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     out = tmp_path / "pe"
     r = _run("anonymize", "--method", "private-encoder", "--encoder", str(enc), "--epsilon",
              "10", "--images", str(faces), "--out", str(out))

@@ -180,6 +180,7 @@ def train_private_encoder(cfg: PrivateEncoderConfig, out_dir, resume: bool = Fal
     data = load_stage2_data(cfg.data or s2cfg.data or None, s2cfg.img_size, split="train",
                             seed=s2cfg.seed, reference_fraction=s2cfg.reference_fraction)
     xs = data.sources
+    torch.manual_seed(cfg.seed)  # the initial weights
     model = PrivateEncoder(s2cfg.img_size, gen.n_style_blocks, s2cfg.style_dim,
                            cfg.base_width, cfg.max_width, cfg.clip).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
