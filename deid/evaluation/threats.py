@@ -309,7 +309,7 @@ def plot_threats(rep: dict, path) -> Path:
     axes[0].set_ylabel("dlib detection rate of the output (%)")
     for kind, c in colours.items():
         axes[1].plot([], [], "o", color=c, label=kind)
-    axes[1].legend(loc="lower right", fontsize=8)
+    axes[1].legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
