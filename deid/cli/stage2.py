@@ -27,8 +27,9 @@ from optics.kit.cli import (
     add_dataclass_args,
     add_overrides,
     dataclass_overrides,
+    run_folder_config,
 )
-from optics.kit.config import assemble_config, load_config, to_dict
+from optics.kit.config import assemble_config, to_dict
 from optics.kit.distributed import pick_device
 from optics.kit.imageio import load_image, save_image
 from optics.kit.paths import confined_path
@@ -38,17 +39,9 @@ __all__ = ["register"]
 
 
 def cmd_train_stage2(args) -> int:
-    out = args.resume or args.out
-    if not out:
-        raise UserError("give --out DIR for a new run or --resume DIR to continue one")
     if args.resume and args.init:
         raise UserError("--resume continues a run, --init starts a new one: give one")
-    base = args.config
-    if args.resume and not base:
-        base = Path(args.resume) / "config.yaml"
-        load_config(Stage2Config, base)  # one-line error if it is missing
-    cfg = assemble_config(Stage2Config, base, dataclass_overrides(args, Stage2Config),
-                          args.overrides)
+    out, cfg = run_folder_config(args, Stage2Config)
     last = train_stage2(cfg, out, resume=bool(args.resume), init=args.init or "",
                         progress=not args.quiet)
     if last:
@@ -237,15 +230,7 @@ def cmd_ablation(args) -> int:
 
 
 def cmd_train_private_encoder(args) -> int:
-    out = args.resume or args.out
-    if not out:
-        raise UserError("give --out DIR for a new run or --resume DIR to continue one")
-    base = args.config
-    if args.resume and not base:
-        base = Path(args.resume) / "config.yaml"
-        load_config(PrivateEncoderConfig, base)
-    cfg = assemble_config(PrivateEncoderConfig, base,
-                          dataclass_overrides(args, PrivateEncoderConfig), args.overrides)
+    out, cfg = run_folder_config(args, PrivateEncoderConfig)
     last = train_private_encoder(cfg, out, resume=bool(args.resume), progress=not args.quiet)
     print(f"private encoder: step {last.get('step')}, loss {last.get('total', float('nan')):.4f}"
           f"; run folder {out}/ (samples.png: sources above, noise-free outputs below)")

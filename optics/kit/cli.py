@@ -11,9 +11,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
+
+from optics.kit.config import assemble_config, load_config
 
 __all__ = ["UserError", "build_parser", "add_common", "add_overrides", "run_cli",
-           "add_dataclass_args", "dataclass_overrides"]
+           "add_dataclass_args", "dataclass_overrides", "run_folder_config"]
 
 
 class UserError(Exception):
@@ -179,3 +182,17 @@ def dataclass_overrides(args, cls) -> dict:
         if v is not None:
             out[f.name] = v
     return out
+
+
+def run_folder_config(args, cls):
+    """``(out, cfg)`` of a training command with ``--out``/``--resume``/``--config``,
+    ``--field`` options and ``--set`` overrides: a resumed run starts from its own
+    ``config.yaml`` (one-line error if it is missing) unless ``--config`` is given."""
+    out = args.resume or args.out
+    if not out:
+        raise UserError("give --out DIR for a new run or --resume DIR to continue one")
+    base = args.config
+    if args.resume and not base:
+        base = Path(args.resume) / "config.yaml"
+        load_config(cls, base)
+    return out, assemble_config(cls, base, dataclass_overrides(args, cls), args.overrides)
