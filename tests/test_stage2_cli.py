@@ -280,6 +280,7 @@ def test_software_methods_from_the_command_line(setup, tmp_path):
     rec = json.loads((out / "anonymize.json").read_text())
     assert rec["method"] == "falco" and rec["config"]["margin"] == 0.0
     assert len(rec["per_image"]) == 8 and all(0 <= p["reference"] < 6 for p in rec["per_image"])
+    assert {p["reference_name"] for p in rec["per_image"]} <= {f"{i}.png" for i in range(6)}
     assert Image.open(out / "f3.png").size == (32, 32)
     enc = tmp_path / "enc"
     r = _run("train-private-encoder", "--stage2", str(run), "--data", str(sg), "--steps", "2",

@@ -104,20 +104,25 @@ def _anonymize_falco(args, paths, images) -> int:
                       invert_steps=args.invert_steps, batch=args.batch)
     anon = Anonymizer(args.stage1, args.stage2, device=pick_device(args.device))
     if args.references is not None:
-        refs = torch.stack([load_image(p, anon.size) for p in _images(args.references,
-                                                                     "references")])
+        ref_paths = _images(args.references, "references")
+        refs = torch.stack([load_image(p, anon.size) for p in ref_paths])
         pool = f"{args.references} ({len(refs)})"
+        names = [p.name for p in ref_paths]
     else:
         c = anon.model.config
-        refs = load_stage2_data(c.data or None, anon.size, seed=c.seed,
-                                reference_fraction=c.reference_fraction).references
+        data = load_stage2_data(c.data or None, anon.size, seed=c.seed,
+                                reference_fraction=c.reference_fraction)
+        refs = data.references
         pool = f"the stage-2 run's references ({len(refs)})"
+        names = [f"{ident} (reference {i})" for i, ident in
+                 enumerate(data.reference_identities)]
     res = Falco(anon, cfg).anonymize(images, refs, progress=not args.quiet)
     _write_outputs(Path(args.out), paths, images, res.outputs, {
         "method": "falco", "stage1": str(args.stage1), "stage2": str(args.stage2),
         "images": len(paths), "reference_pool": pool, "config": to_dict(cfg),
         "optimised_blocks": list(res.blocks), "size_px": anon.size,
-        "per_image": [{"name": p.name, "reference": int(i), "reference_cosine": float(c),
+        "per_image": [{"name": p.name, "reference": int(i),
+                       "reference_name": names[int(i)], "reference_cosine": float(c),
                        "twin_cosine_inverted": float(a), "twin_cosine": float(b)}
                       for p, i, c, a, b in zip(paths, res.reference_index,
                                                res.reference_cosine,
