@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from deid.evaluation.stage2_report import ablation, evaluate_run
-from deid.evaluation.threats import threat_report
+from deid.evaluation.threats import RECONSTRUCTIONS, threat_report
 from deid.faces.corpus import load_split
 from deid.faces.dataset import list_images
 from deid.methods.software.falco import Falco, FalcoConfig
@@ -256,7 +256,12 @@ def cmd_threats(args) -> int:
         raise UserError("--margins are cosines in [-1, 1] and --epsilons must be positive")
     if args.max_sources is not None and args.max_sources < 2:
         raise UserError("--max-sources must be at least 2")
-    threat_report(args.stage1, args.stage2, args.out, encoder=args.encoder,
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    bad = [a for a in attacks if a not in RECONSTRUCTIONS]
+    if bad:
+        raise UserError(f"--attacks: unknown attack {bad[0]!r}; choose from "
+                        f"{', '.join(RECONSTRUCTIONS)}")
+    threat_report(args.stage1, args.stage2, args.out, encoder=args.encoder, attacks=attacks,
                   falco_margins=margins, epsilons=epsilons if args.encoder else (),
                   max_sources=args.max_sources, falco_steps=args.falco_steps,
                   invert_steps=args.invert_steps, seed=args.seed, n_boot=args.n_boot,
@@ -463,9 +468,10 @@ def register(sub) -> None:
                     "--epsilons (with --encoder). Columns: output only (the attacker attacks "
                     "the published output: direct, matched gallery, Wiener and RL where the "
                     "output is a degraded image), sniffing (what the device holds before the "
-                    "output: x for software methods, y for cameras) and utility (dlib "
-                    "detection, landmark L1, FID), plus Private-Encoder's own protocol. "
-                    "Writes threats.json, threats.md, threats.png and threats_grid.png.",
+                    "output: x for software methods, y for cameras) and utility (jittered "
+                    "landmark NME, dlib detection, landmark L1, FID), plus Private-Encoder's "
+                    "own protocol. Writes threats.json, threats.md, threats.png and "
+                    "threats_grid.png.",
         epilog="examples:\n"
                "  deid threats --stage1 runs/demo/stage1 --stage2 runs/demo/stage2 --encoder "
                "runs/demo/private-encoder --out runs/demo/threats\n"
@@ -482,6 +488,9 @@ def register(sub) -> None:
                    help="Private-Encoder epsilons (default 0.1,1,10,100,inf)")
     p.add_argument("--max-sources", type=int, help="at most this many johns faces (every "
                                                    "identity kept)")
+    p.add_argument("--attacks", default="wiener,rl",
+                   help="reconstructions on the degraded-image rows, comma-separated "
+                        "(default wiener,rl; also tv, pnp, ddrm, inversion)")
     p.add_argument("--falco-steps", type=int, default=50, help="FALCO steps (default 50)")
     p.add_argument("--invert-steps", type=int, default=50, help="FALCO inversion steps "
                                                                 "(default 50)")

@@ -63,7 +63,7 @@ from deid.judges.lpips import lpips_distance
 from deid.judges.mtcnn import detect_faces
 
 __all__ = ["evaluate_deid", "markdown_table", "pair_mean", "eer_threshold", "DETECTORS",
-           "PUBLISHED_STARGAN_V2", "DLIB_UPSAMPLE", "FACENET_NOTE"]
+           "dlib_faces", "PUBLISHED_STARGAN_V2", "DLIB_UPSAMPLE", "FACENET_NOTE"]
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ def _dlib_models() -> tuple[FaceDetector, LandmarkPredictor]:
     return FaceDetector(), LandmarkPredictor()
 
 
-def _dlib_faces(images: torch.Tensor) -> list:
+def dlib_faces(images: torch.Tensor) -> list:
     """Per image the largest dlib HOG face: ``(box (4,), points (68, 2))`` in px, or None."""
     detector, predictor = _dlib_models()
     out = []
@@ -268,7 +268,7 @@ def _mtcnn_faces(images: torch.Tensor) -> list:
 
 
 #: Face detectors by name: images ``(N, 3, S, S)`` -> per image ``(box, points)`` or None.
-DETECTORS: dict[str, Callable[[torch.Tensor], list]] = {"dlib": _dlib_faces,
+DETECTORS: dict[str, Callable[[torch.Tensor], list]] = {"dlib": dlib_faces,
                                                          "mtcnn": _mtcnn_faces}
 
 

@@ -25,8 +25,11 @@ two-level bootstrap interval, worst case over judges and attacks (naming both):
 2. **sniffing**: the attacker reads what the device holds before the output is made. A
    software method holds the clean image ``x`` (re-ID of ``x`` itself); an optical camera holds
    only ``y`` (its output-only cell); privlens holds ``y`` of its learned camera;
-3. **utility** of the output: dlib's face-detection rate and landmark L1 (px at 128 px) against
-   the source's, and FID against the stage-2 run's public faces where the output is a face.
+3. **utility** of the output: the jittered landmark NME of the output against its source (the
+   source and its output get the same seeded jitter of issue 12, ``EVAL_JITTER``; dlib's 68
+   points on both; mean point distance over the source's outer-eye-corner distance, over pairs
+   where both are found), dlib's face-detection rate and landmark L1 (px at 128 px), and FID
+   against the stage-2 run's public faces where the output is a face.
 
 Beside them, Private-Encoder's own protocol: the fraction of outputs whose cosine to their
 source (held-out judges) exceeds the largest impostor cosine of the clean gallery, SSIM on the
@@ -44,13 +47,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deid.attacks.attacker import AttackConfig, Attacker
+from deid.attacks.attacker import METHODS, AttackConfig, Attacker
 from deid.attacks.cameras import build_camera
 from deid.evaluation.judges import JUDGE_NAMES, default_judges, judge_similarity
 from deid.evaluation.reid import reid_hits
-from deid.evaluation.stage2_eval import evaluate_deid, pair_mean
+from deid.evaluation.stage2_eval import dlib_faces, evaluate_deid, pair_mean
 from deid.faces.corpus import load_face_sets, load_split
 from deid.faces.corpus_builder import ensure_demo_corpus
+from deid.faces.jitter import EVAL_JITTER, draw_params, jitter
 from deid.judges.quality import ssim
 from deid.methods.software.falco import Falco, FalcoConfig
 from deid.methods.software.private_encoder import PrivateEncoderAnonymizer
@@ -70,7 +74,9 @@ log = logging.getLogger(__name__)
 SIZE_PX = 128
 CAMERAS = ("defocus", "lr16")
 SOFTWARE = ("blur-4", "mosaic-8")
-ATTACKS = ("wiener", "rl")
+ATTACKS = ("wiener", "rl")  # the default reconstructions of degraded-image rows
+#: Reconstruction attacks ``--attacks`` may name (``direct`` and ``matched`` always run).
+RECONSTRUCTIONS = tuple(m for m in METHODS if m not in ("identity", "matched"))
 
 #: Private-Encoder's published evaluation (FFHQ; identity by CurricularFace against the
 #: largest impostor similarity, 0.19; SSIM on a 112 px centre crop; dlib CNN detection rate),
@@ -118,6 +124,22 @@ def _pe_protocol(src, out, emb_src: dict, emb_out: dict, ids, n_boot, seed) -> d
     return res
 
 
+def jittered_nme(src: torch.Tensor, out: torch.Tensor, ids, seed: int, n_boot: int) -> dict:
+    """Landmark NME of ``out`` against ``src`` (both ``(N, 3, S, S)``) under the same seeded
+    jitter per pair: dlib's 68 points, mean distance over the source's outer-eye-corner
+    distance (points 36 and 45); pairs where either face is missed are left out."""
+    params = draw_params([sample_generator(seed, 1, i) for i in range(len(src))], EVAL_JITTER)
+    fs = dlib_faces(jitter(src.float(), None, params)[0].clamp(0, 1))
+    fo = dlib_faces(jitter(out.float(), None, params)[0].clamp(0, 1))
+    nme = np.full(len(src), np.nan)
+    for i, (a, b) in enumerate(zip(fs, fo, strict=True)):
+        if a is not None and b is not None:
+            iod = np.linalg.norm(a[1][36] - a[1][45])
+            if iod > 0:
+                nme[i] = np.linalg.norm(a[1] - b[1], axis=1).mean() / iod
+    return pair_mean(nme[:, None], ids, n_boot, seed)
+
+
 def _y_at(cam, x: torch.Tensor, seed: int) -> torch.Tensor:
     """The camera's images of ``x``, image ``i``'s noise from ``(seed, i)``."""
     return torch.cat([cam.forward(x[i:i + 1], sample_generator(seed, 0, i))
@@ -127,9 +149,14 @@ def _y_at(cam, x: torch.Tensor, seed: int) -> torch.Tensor:
 def threat_report(stage1, stage2, out_dir, encoder=None, falco_margins=(1.0, 0.5, 0.0),
                   epsilons=(0.1, 1.0, 10.0, 100.0, math.inf), max_sources: int | None = None,
                   falco_steps: int = 50, invert_steps: int = 50, seed: int = 0,
-                  n_boot: int = 500, judges=None, progress: bool = True) -> dict:
+                  n_boot: int = 500, judges=None, attacks=ATTACKS,
+                  progress: bool = True) -> dict:
     """Measure every row under every threat model; writes ``threats.json``, ``threats.md``,
-    ``threats.png`` (one panel per threat model) and ``threats_grid.png``."""
+    ``threats.png`` (one panel per threat model) and ``threats_grid.png``. ``attacks``: the
+    reconstructions run on degraded-image rows (:data:`RECONSTRUCTIONS`)."""
+    bad = [a for a in attacks if a not in RECONSTRUCTIONS]
+    if bad:
+        raise ValueError(f"unknown attack {bad[0]!r}; choose from {', '.join(RECONSTRUCTIONS)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     x, _, ids = load_split(None, "johns", SIZE_PX, landmark_key=None)
@@ -165,7 +192,7 @@ def threat_report(stage1, stage2, out_dir, encoder=None, falco_margins=(1.0, 0.5
                 cam = build_camera(spec, SIZE_PX)
                 y = _y_at(cam, x, seed)
                 attacked = {}
-                for m in ATTACKS:
+                for m in attacks:
                     att = Attacker(m, cam, AttackConfig(size=SIZE_PX, seed=seed))
                     att.prepare(train)
                     attacked[m] = att.reconstruct(y).clamp(0, 1)
@@ -210,7 +237,8 @@ def threat_report(stage1, stage2, out_dir, encoder=None, falco_margins=(1.0, 0.5
         table[name] = {"kind": row["kind"], "note": row["note"],
                        "output_only": {"worst": _worst(cells),
                                        "cells": {f"{j}/{a}": v for (j, a), v in cells.items()}},
-                       "utility": {"geometry": util["geometry"]["dlib"], "fid": util["fid"]},
+                       "utility": {"geometry": util["geometry"]["dlib"], "fid": util["fid"],
+                                   "jittered_nme": jittered_nme(src, o, ids_np, seed, n_boot)},
                        "private_encoder_protocol": _pe_protocol(src, o, emb_src, emb_out,
                                                                 ids_np, n_boot, seed)}
     learned = table["learned camera"]["output_only"]["worst"]
@@ -226,6 +254,7 @@ def threat_report(stage1, stage2, out_dir, encoder=None, falco_margins=(1.0, 0.5
               "reid_chance": 1.0 / len(set(ids)), "clean": clean,
               "stage1": str(stage1), "stage2": str(stage2), "encoder": str(encoder or ""),
               "judges": list(judges), "bootstrap": {"n_boot": n_boot, "seed": seed},
+              "attacks": ["direct", "matched", *attacks],
               "rows": table}
     write_text_atomic(out / "threats.json", json.dumps(report, indent=1, default=str) + "\n")
     write_text_atomic(out / "threats.md", threat_markdown(report) + "\n")
@@ -253,9 +282,9 @@ def threat_markdown(rep: dict) -> str:
              f"{100 * rep['reid_chance']:.0f}%, the clean image "
              f"{_who(rep['clean']['worst'])}. Lower re-ID is more private.",
              "",
-             "| method | kind | output only | sniffing | dlib detection | landmark L1 px | "
-             "FID |",
-             "|---|---|---|---|---|---|---|"]
+             "| method | kind | output only | sniffing | jittered NME | dlib detection | "
+             "landmark L1 px | FID |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, t in rep["rows"].items():
         g = t["utility"]["geometry"]
         det = _pct(g["detection_rate"]) if "detection_rate" in g else "-"
@@ -264,8 +293,11 @@ def threat_markdown(rep: dict) -> str:
             math.isfinite(lm.get("value", math.nan)) else "-"
         fid = t["utility"]["fid"]
         fid = f"{fid['value']:.0f}" if "value" in fid else "-"
+        nme = t["utility"]["jittered_nme"]
+        nme = f"{nme['value']:.3f} [{nme['lo']:.3f}, {nme['hi']:.3f}] (n {nme['n']})" \
+            if math.isfinite(nme["value"]) else "- (no pair found)"
         lines.append(f"| {name} | {t['kind']} | {_who(t['output_only']['worst'])} | "
-                     f"{_who(t['sniffing'])} | {det} | {lm} | {fid} |")
+                     f"{_who(t['sniffing'])} | {nme} | {det} | {lm} | {fid} |")
     lines += ["", "## Private-Encoder's protocol", "",
               "Identity kept: outputs whose cosine to their source exceeds the largest "
               "impostor cosine of the clean gallery (per held-out judge); SSIM on the centre "
