@@ -262,6 +262,7 @@ def cmd_threats(args) -> int:
         raise UserError(f"--attacks: unknown attack {bad[0]!r}; choose from "
                         f"{', '.join(RECONSTRUCTIONS)}")
     threat_report(args.stage1, args.stage2, args.out, encoder=args.encoder, attacks=attacks,
+                  device=pick_device(args.device),
                   falco_margins=margins, epsilons=epsilons if args.encoder else (),
                   max_sources=args.max_sources, falco_steps=args.falco_steps,
                   invert_steps=args.invert_steps, seed=args.seed, n_boot=args.n_boot,
@@ -496,6 +497,8 @@ def register(sub) -> None:
                                                                 "(default 50)")
     p.add_argument("--seed", type=int, default=0, help="noise and bootstrap seed")
     p.add_argument("--n-boot", type=int, default=500, help="bootstrap replicates")
+    p.add_argument("--device", default="auto", help="where the generators run: auto (GPU if "
+                                                    "any), cpu, cuda:0, ...")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_threats)
 

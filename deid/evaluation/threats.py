@@ -149,11 +149,12 @@ def _y_at(cam, x: torch.Tensor, seed: int) -> torch.Tensor:
 def threat_report(stage1, stage2, out_dir, encoder=None, falco_margins=(1.0, 0.5, 0.0),
                   epsilons=(0.1, 1.0, 10.0, 100.0, math.inf), max_sources: int | None = None,
                   falco_steps: int = 50, invert_steps: int = 50, seed: int = 0,
-                  n_boot: int = 500, judges=None, attacks=ATTACKS,
+                  n_boot: int = 500, judges=None, attacks=ATTACKS, device="cpu",
                   progress: bool = True) -> dict:
     """Measure every row under every threat model; writes ``threats.json``, ``threats.md``,
     ``threats.png`` (one panel per threat model) and ``threats_grid.png``. ``attacks``: the
-    reconstructions run on degraded-image rows (:data:`RECONSTRUCTIONS`)."""
+    reconstructions run on degraded-image rows (:data:`RECONSTRUCTIONS`); ``device``: where
+    the generators run (the cameras, attacks and judges run on the CPU)."""
     bad = [a for a in attacks if a not in RECONSTRUCTIONS]
     if bad:
         raise ValueError(f"unknown attack {bad[0]!r}; choose from {', '.join(RECONSTRUCTIONS)}")
@@ -166,7 +167,7 @@ def threat_report(stage1, stage2, out_dir, encoder=None, falco_margins=(1.0, 0.5
         order.sort()
         x, ids = x[order], [ids[i] for i in order]
     ids_np = np.asarray(ids)
-    anon = Anonymizer(stage1, stage2)
+    anon = Anonymizer(stage1, stage2, device=device)
     c2 = anon.model.config
     data = load_stage2_data(c2.data or None, anon.frozen.stage1_size, seed=c2.seed,
                             reference_fraction=c2.reference_fraction)
@@ -209,7 +210,7 @@ def threat_report(stage1, stage2, out_dir, encoder=None, falco_margins=(1.0, 0.5
                     note=f"twin cosine {float(res.identity_cosine.mean()):.3f}")
         elif part == "private-encoder" and encoder:
             for eps in epsilons:
-                pe = PrivateEncoderAnonymizer(encoder, stage2, epsilon=eps)
+                pe = PrivateEncoderAnonymizer(encoder, stage2, device=device, epsilon=eps)
                 add(f"Private-Encoder-style eps={eps:g}", "software",
                     pe.anonymize(x, seed=seed),
                     note=f"Laplace scale {pe.scale:.4g}, d {pe.model.dim}, C {pe.model.clip}")
