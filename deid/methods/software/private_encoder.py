@@ -13,9 +13,11 @@ The pieces (``S``: the stage-2 generator's size; ``K`` decoder blocks of ``D`` s
   a code in ``[-C, C]^d`` (so clipping changes nothing in training; it is applied anyway).
 - the mechanism adds Laplace or Gaussian noise to the clipped code.
 - ``decode`` sees the noised code **alone**: a learned linear lift to per-block styles, a
-  learned constant canvas (content image and masks, the same for every input) and the frozen
-  generator ``G``. Nothing computed from the image reaches the output around the noise, so the
-  output is as private as the code (post-processing).
+  learned constant canvas (content image and masks, the same for every input; it starts as
+  the mean privacy image of the training faces and the masks U reads from it, so ``G`` sees
+  the kind of input it was trained on) and the frozen generator ``G``.
+  Nothing computed from the image reaches the output around the noise, so the output is as
+  private as the code (post-processing).
 
 Training (``deid train-private-encoder``) runs noise-free, as the published code, on the
 stage-2 run's training sources with ``lambda_mse MSE + lambda_lpips LPIPS + lambda_id |t -
@@ -79,7 +81,10 @@ class PrivateEncoderConfig:
         id_target: the target similarity t (published: swept from 0 to 1)
         base_width: encoder channels at full resolution
         max_width: cap on the encoder channels
-        seed: data order
+        canvas_init: ``privacy-mean`` (the canvas starts as the mean privacy image ``y`` of
+            the training faces, through the stage-2 run's stage-1 camera, with U's masks of
+            it) or ``grey``
+        seed: data order and initial weights
         ckpt_every: steps between checkpoints (0: only the last)
         log_every: steps between log rows
         device: auto (a GPU if any), cpu, cuda:0, ...
@@ -97,6 +102,7 @@ class PrivateEncoderConfig:
     id_target: float = 0.3
     base_width: int = 16
     max_width: int = 128
+    canvas_init: str = "privacy-mean"
     seed: int = 0
     ckpt_every: int = 100
     log_every: int = 10
@@ -109,6 +115,9 @@ class PrivateEncoderConfig:
             raise ValueError(f"clip must be positive, got {self.clip}")
         if not -1.0 <= self.id_target <= 1.0:
             raise ValueError(f"id_target is a cosine in [-1, 1], got {self.id_target}")
+        if self.canvas_init not in ("privacy-mean", "grey"):
+            raise ValueError(f"canvas_init must be privacy-mean or grey, got "
+                             f"{self.canvas_init!r}")
         if self.ckpt_every < 0 or self.log_every < 1:
             raise ValueError("ckpt_every must be >= 0 and log_every >= 1")
 
@@ -177,12 +186,32 @@ def train_private_encoder(cfg: PrivateEncoderConfig, out_dir, resume: bool = Fal
     s2 = load_stage2(cfg.stage2, device)
     gen = s2.nets["generator"]
     s2cfg = s2.config
-    data = load_stage2_data(cfg.data or s2cfg.data or None, s2cfg.img_size, split="train",
+    frozen = None
+    if cfg.canvas_init == "privacy-mean":  # also on resume: the faces load at its size
+        if not s2cfg.stage1:
+            raise ValueError("canvas_init privacy-mean needs the stage-2 run's stage-1 run; "
+                             "use canvas_init grey")
+        frozen = FrozenParts.from_run(s2cfg.stage1, s2cfg.img_size, with_twin=False,
+                                      with_lpips=False, with_teacher=False, device=device)
+    size = frozen.stage1_size if frozen is not None else s2cfg.img_size
+    data = load_stage2_data(cfg.data or s2cfg.data or None, size, split="train",
                             seed=s2cfg.seed, reference_fraction=s2cfg.reference_fraction)
-    xs = data.sources
+    xs = resize_to(data.sources, s2cfg.img_size)
     torch.manual_seed(cfg.seed)  # the initial weights
     model = PrivateEncoder(s2cfg.img_size, gen.n_style_blocks, s2cfg.style_dim,
                            cfg.base_width, cfg.max_width, cfg.clip).to(device)
+    if frozen is not None:
+        with torch.no_grad():
+            x_r = data.sources.to(device)
+            y_r = torch.cat([
+                frozen.render(x_r[i:i + 16], [sample_generator(cfg.seed, 0, j)
+                                              for j in range(i, min(i + 16, len(x_r)))])
+                for i in range(0, len(x_r), 16)])
+            y_mean = y_r.mean(0, keepdim=True)
+            coarse, fine = frozen.masks(frozen.heatmaps(y_mean))
+            model.canvas.copy_(resize_to(y_mean, s2cfg.img_size).clamp(0, 1))
+            m = torch.cat([coarse, fine], 1).clamp(1e-3, 1 - 1e-3)
+            model.canvas_masks.copy_(torch.log(m / (1 - m)))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
     lpips = LPIPS().to(device) if cfg.lambda_lpips > 0 else None
     twin, affines = None, None
