@@ -9,10 +9,9 @@ from pathlib import Path
 from deid.evaluation.stage1_report import report_markdown, stage1_report
 from deid.faces.corpus import default_corpus
 from deid.methods.stage1.run import train_stage1
-from optics.kit.config import load_config
 from optics.kit.distributed import apply_thread_limit, distributed_session
 
-__all__ = ["run_stage1", "stage1_config_for_resume"]
+__all__ = ["run_stage1"]
 
 
 def run_stage1(cfg, out_dir, resume: bool = False, progress=True, evaluate: bool = True):
@@ -28,13 +27,5 @@ def run_stage1(cfg, out_dir, resume: bool = False, progress=True, evaluate: bool
         (Path(out_dir) / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (Path(out_dir) / "report.md").write_text(report_markdown(report))
     return last, report
-
-
-def stage1_config_for_resume(folder, config_cls):
-    """The config of the run in ``folder`` (one-line error if it has none)."""
-    path = Path(folder) / "config.yaml"
-    if not path.exists():
-        raise FileNotFoundError(2, "no config.yaml in the run folder", str(path))
-    return load_config(config_cls, path)
 
 

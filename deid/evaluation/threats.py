@@ -57,7 +57,7 @@ from deid.faces.corpus_builder import ensure_demo_corpus
 from deid.faces.jitter import EVAL_JITTER, draw_params, jitter
 from deid.judges.quality import ssim
 from deid.methods.software.falco import Falco, FalcoConfig
-from deid.methods.software.private_encoder import PrivateEncoderAnonymizer
+from deid.methods.software.private_encoder import PrivateEncoderAnonymizer, load_private_encoder
 from deid.methods.stage2.data import load_stage2_data
 from deid.methods.stage2.inference import Anonymizer
 from optics.kit.files import write_text_atomic
@@ -158,6 +158,8 @@ def threat_report(stage1, stage2, out_dir, encoder=None, falco_margins=(1.0, 0.5
     bad = [a for a in attacks if a not in RECONSTRUCTIONS]
     if bad:
         raise ValueError(f"unknown attack {bad[0]!r}; choose from {', '.join(RECONSTRUCTIONS)}")
+    if encoder:
+        load_private_encoder(encoder)  # a wrong folder fails here, not after the cameras
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     x, _, ids = load_split(None, "johns", SIZE_PX, landmark_key=None)

@@ -6,13 +6,13 @@ import dataclasses
 import os
 from pathlib import Path
 
-from deid.evaluation.stage1 import run_stage1, stage1_config_for_resume
+from deid.evaluation.stage1 import run_stage1
 from deid.methods.stage1.inference import landmarks_job
 from deid.methods.stage1.trainer import Stage1Config
 from deid.methods.teacher import FANTrainConfig, run_pretrain_fan
 from optics.cli.common import add_training_config_args, print_stage1_report
 from optics.cli.demo import DEMO_OUT, demo_teacher, demo_teacher_dir, print_nme
-from optics.kit.cli import UserError, add_common, dataclass_overrides
+from optics.kit.cli import UserError, add_common, dataclass_overrides, run_folder_config
 from optics.kit.config import assemble_config
 
 __all__ = ["register"]
@@ -40,15 +40,7 @@ def _default_teacher(cfg: Stage1Config, quiet: bool) -> str:
 
 
 def cmd_train_stage1(args) -> int:
-    out = args.resume or args.out
-    if not out:
-        raise UserError("give --out DIR for a new run or --resume DIR to continue one")
-    base = args.config
-    if args.resume and not base:
-        base = Path(args.resume) / "config.yaml"
-        stage1_config_for_resume(args.resume, Stage1Config)  # clear error if missing
-    cfg = assemble_config(Stage1Config, base, dataclass_overrides(args, Stage1Config),
-                          args.overrides)
+    out, cfg = run_folder_config(args, Stage1Config)
     if not cfg.teacher:
         cfg = dataclasses.replace(cfg, teacher=_default_teacher(cfg, args.quiet))
     last, report = run_stage1(cfg, out, resume=bool(args.resume), progress=not args.quiet,

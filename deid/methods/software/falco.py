@@ -207,7 +207,7 @@ class Falco:
         keep = [b for b in range(self.generator.n_style_blocks) if b not in self.blocks]
         order = torch.tensor([*keep, *self.blocks]).argsort().to(dev)
 
-        def assemble(moving):  # (B, K, D): the fixed blocks and the optimised ones in place
+        def assemble(fixed, moving):  # (B, K, D): fixed and optimised blocks in place
             return torch.cat([fixed, moving], dim=1)[:, order]
 
         outs, idx_all, pcos_all, cos0_all, cos1_all = [], [], [], [], []
@@ -233,7 +233,7 @@ class Falco:
             for step in range(cfg.steps):
                 for g in opt.param_groups:
                     g["lr"] = cfg.lr * lr_factor(step, cfg.steps)
-                out = self._decode(y, masks, assemble(moving)).clamp(0, 1)
+                out = self._decode(y, masks, assemble(fixed, moving)).clamp(0, 1)
                 cos = centred_cosine(self._embed(out, affines), e_x, self.centre)
                 loss = (cfg.lambda_id * (cos - cfg.margin).abs() + cfg.lambda_attr *
                         attribute_distance(lpips_taps(self.lpips, out), taps_x)).sum()
@@ -241,7 +241,7 @@ class Falco:
                 loss.backward()
                 opt.step()
             with torch.no_grad():
-                out = self._decode(y, masks, assemble(moving)).clamp(0, 1)
+                out = self._decode(y, masks, assemble(fixed, moving)).clamp(0, 1)
                 cos1 = centred_cosine(self._embed(out, affines), e_x, self.centre)
             outs.append(out.cpu())
             idx_all.append(idx.cpu())

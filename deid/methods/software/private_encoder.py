@@ -43,9 +43,10 @@ from deid.judges.identity_net import IdentityNet
 from deid.judges.identity_twin import training_twin, twin_embed
 from deid.judges.lpips import LPIPS
 from deid.methods.software.dp import MECHANISMS, noise_scale, privatize
+from deid.methods.software.falco import centred_cosine
 from deid.methods.stage2.data import load_stage2_data
 from deid.methods.stage2.frozen import FrozenParts
-from deid.methods.stage2.inference import Stage2Model, load_stage2
+from deid.methods.stage2.inference import default_margin, load_stage2
 from deid.methods.stage2.nets import StyleEncoder
 from deid.methods.stage2.solver import with_margin
 from optics.kit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -160,20 +161,6 @@ class PrivateEncoder(nn.Module):
         return generator(y, with_margin(styles, mg), masks)
 
 
-def _middle_margin(model: Stage2Model) -> float | None:
-    cfg = model.config
-    if not cfg.dial:
-        return None
-    ms = sorted(cfg.privacy_margins)
-    return ms[len(ms) // 2]
-
-
-def _centred_cos(a, b, centre):
-    if centre is not None:
-        a, b = a - centre, b - centre
-    return F.cosine_similarity(a, b, dim=1)
-
-
 def train_private_encoder(cfg: PrivateEncoderConfig, out_dir, resume: bool = False,
                           progress: bool = True) -> dict:
     """Train in ``out_dir`` (config.yaml, log.csv, atomic ckpt_<step>.pt, samples.png,
@@ -218,7 +205,7 @@ def train_private_encoder(cfg: PrivateEncoderConfig, out_dir, resume: bool = Fal
     if cfg.lambda_id > 0:
         twin = training_twin(IdentityNet.load().to(device))
         affines = FrozenParts.chip_affines(xs)
-    margin = _middle_margin(s2)
+    margin = default_margin(s2.config)
     step = 0
     if resume:
         found = latest_checkpoint(out)
@@ -256,7 +243,7 @@ def train_private_encoder(cfg: PrivateEncoderConfig, out_dir, resume: bool = Fal
             a = affines[idx].to(device)
             with torch.no_grad():
                 e_x = twin_embed(twin, x, a)
-            cos = _centred_cos(twin_embed(twin, o.clamp(0, 1), a), e_x, s2.identity_centre)
+            cos = centred_cosine(twin_embed(twin, o.clamp(0, 1), a), e_x, s2.identity_centre)
             terms["id"] = (cfg.id_target - cos).abs().mean()
             terms["cos"] = cos.mean().detach()
         total = cfg.lambda_mse * terms["mse"]
@@ -278,12 +265,10 @@ def train_private_encoder(cfg: PrivateEncoderConfig, out_dir, resume: bool = Fal
                 if new:
                     w.writeheader()
                 w.writerow(last)
-            if hasattr(bar, "set_postfix_str"):
-                bar.set_postfix_str(f"loss {float(total.detach()):.4f}")
+            bar.set_postfix_str(f"loss {float(total.detach()):.4f}")
         if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps:
             checkpoint(done)
-    if hasattr(bar, "close"):
-        bar.close()
+    bar.close()
     with torch.no_grad():
         x = xs[:8].to(device)
         o = model.decode(gen, model.encode(x), margin).clamp(0, 1)
@@ -335,7 +320,7 @@ class PrivateEncoderAnonymizer:
         self.epsilon, self.mechanism, self.delta = float(epsilon), mechanism, float(delta)
         self.scale = noise_scale(mechanism, self.model.clip, self.model.dim, self.epsilon,
                                  self.delta)
-        self.margin = _middle_margin(self.stage2)
+        self.margin = default_margin(self.stage2.config)
 
     @property
     def size(self) -> int:

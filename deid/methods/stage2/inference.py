@@ -22,7 +22,7 @@ from optics.kit.config import from_dict
 from optics.kit.resize import resize_to
 from optics.kit.schedule import sample_generator
 
-__all__ = ["Stage2Model", "load_stage2", "Anonymizer"]
+__all__ = ["Stage2Model", "load_stage2", "Anonymizer", "default_margin"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,14 @@ def load_stage2(run, device="cpu") -> Stage2Model:
                        None if centre is None else centre.to(device))
 
 
+def default_margin(cfg: Stage2Config) -> float | None:
+    """The middle of a run's training margins (None for a run without the privacy dial)."""
+    if not cfg.dial:
+        return None
+    margins = sorted(cfg.privacy_margins)
+    return margins[len(margins) // 2]
+
+
 class Anonymizer:
     """Stage 1 + stage 2 ready to de-identify batches.
 
@@ -86,10 +94,7 @@ class Anonymizer:
                              "drop --margin")
         if margin is not None and not -1.0 <= margin <= 1.0:
             raise ValueError(f"--margin is a cosine in [-1, 1], got {margin}")
-        if cfg.dial and margin is None:
-            margins = sorted(cfg.privacy_margins)
-            margin = margins[len(margins) // 2]
-        self.margin = margin
+        self.margin = default_margin(cfg) if margin is None else margin
         self.device = torch.device(device)
 
     @property
