@@ -95,12 +95,6 @@ def test_the_noised_code_is_the_only_path_to_the_output(monkeypatch):
     fixed = torch.randn(2, anon.model.dim)
     monkeypatch.setattr(anon, "noised", lambda codes, seed=0, start=0: fixed)
     torch.testing.assert_close(anon.anonymize(a), anon.anonymize(b), rtol=0, atol=0)
-    # and no gradient reaches the image from the output once the code is fixed
-    x = a.clone().requires_grad_(True)
-    code = anon.model.encode(x)
-    out = anon.model.decode(anon.stage2.nets["generator"], fixed + 0 * code)
-    (grad,) = torch.autograd.grad(out.sum(), x, allow_unused=True)
-    assert grad is None or torch.count_nonzero(grad) == 0
 
 
 @pytest.mark.parametrize("mechanism", ["laplace", "gaussian"])
