@@ -224,6 +224,39 @@ def test_ddrm_samples_with_the_gaussian_prior(monkeypatch):
     assert 0.05 < per_freq.median() < 2.0
 
 
+def test_samples_average_in_one_run_with_an_affine_prior(monkeypatch):
+    """``samples=k``: the mean of k posterior samples. With the Gaussian (affine) prior it is
+    one run with the noises scaled by 1/sqrt(k): the same noise-free part, and the spread of
+    k-sample means (trace of the covariance / k), as the pixel path that really averages k
+    runs."""
+    n, c, sigma_0, k = 16, 3, 0.02, 4
+    prior = _stationary_prior(c, n)
+    psf = _psf(c, 5)
+    g = torch.Generator().manual_seed(3)
+    x = prior.sample(1, generator=g)
+    y = convolve(x, psf, "circular") + sigma_0 * torch.randn(x.shape, generator=g,
+                                                             dtype=torch.float64)
+    kw = dict(pad_px=0, clip=False, steps=10)
+    with monkeypatch.context() as m:
+        m.setattr(ddrm_mod.torch, "randn", lambda shape, **kk: torch.zeros(
+            shape, dtype=kk.get("dtype"), device=kk.get("device")))
+        plain = ddrm(y, psf, prior, sigma_0, **kw)
+        assert torch.allclose(ddrm(y, psf, prior, sigma_0, samples=k, **kw), plain,
+                              atol=1e-12)
+    batch = y.expand(128, -1, -1, -1)
+    single = ddrm(batch, psf, prior, sigma_0, seed=0, **kw)
+    folded = ddrm(batch, psf, prior, sigma_0, seed=1, samples=k, **kw)
+    averaged = ddrm(batch, psf, lambda z, t: prior(z, t), sigma_0, seed=2, samples=k, **kw)
+    spread = {name: float(v.var(0).sum()) for name, v in
+              (("single", single), ("folded", folded), ("averaged", averaged))}
+    assert 0.75 < spread["folded"] * k / spread["single"] < 1.33, spread
+    assert 0.75 < spread["averaged"] * k / spread["single"] < 1.33, spread
+    for v in (folded, averaged):  # centred on the noise-free run, to sampling error
+        assert (v.mean(0) - plain[0]).norm() < 3 * math.sqrt(spread["single"] / k / 128)
+    with pytest.raises(ValueError, match="samples"):
+        ddrm(y, psf, prior, sigma_0, samples=0, **kw)
+
+
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
 def test_spectral_path_equals_the_pixel_path(dtype, tol):
     """With a :class:`GaussianPrior` the sampler keeps its state in the spectral domain

@@ -250,17 +250,15 @@ class Attacker:
                       lam=p.get("lam", 0.25))
         elif m == "ddrm":
             sigma_0 = p.get("sigma_0") or cfg.ddrm_sigma_0 or _noise_sigma(y)
-            runs = []
-            for k in range(max(1, cfg.ddrm_samples)):
-                if cfg.ddrm_checkpoint:  # the UNet wants a side divisible by 32 after padding
-                    h = psf.shape[-1] // 2
-                    pad = (-(-(y.shape[-1] + 2 * h) // 32) * 32 - y.shape[-1]) // 2
-                    runs.append(ddrm(y, psf, self.model, sigma_0, steps=cfg.ddrm_steps,
-                                     seed=cfg.seed + k, pad_px=pad))
-                else:
-                    runs.append(ddrm(y.double(), psf.double(), self.model, sigma_0,
-                                     steps=cfg.ddrm_steps, seed=cfg.seed + k).to(y.dtype))
-            out = torch.stack(runs).mean(dim=0)
+            samples = max(1, cfg.ddrm_samples)
+            if cfg.ddrm_checkpoint:  # the UNet wants a side divisible by 32 after padding
+                h = psf.shape[-1] // 2
+                pad = (-(-(y.shape[-1] + 2 * h) // 32) * 32 - y.shape[-1]) // 2
+                out = ddrm(y, psf, self.model, sigma_0, steps=cfg.ddrm_steps, seed=cfg.seed,
+                           pad_px=pad, samples=samples)
+            else:  # the Gaussian prior: the samples' mean in one run (see ddrm's samples)
+                out = ddrm(y.double(), psf.double(), self.model, sigma_0, steps=cfg.ddrm_steps,
+                           seed=cfg.seed, samples=samples).to(y.dtype)
         else:  # inversion
             out = inversion_attack(y, model=self.model, out_size=cfg.size)
         return resize_to(out.clamp(0, 1), cfg.size)

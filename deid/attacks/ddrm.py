@@ -205,7 +205,7 @@ def _call_model(model: Callable, x_t: torch.Tensor, t: int) -> torch.Tensor:
 def ddrm_spectral(y: torch.Tensor, op: CirculantBlur, model: Callable, sigma_0: float, *,
                   steps: int = 20, eta: float = 0.85, eta_b: float = 1.0,
                   generator: torch.Generator | None = None, s_min: float = S_MIN,
-                  betas: torch.Tensor | None = None) -> torch.Tensor:
+                  betas: torch.Tensor | None = None, noise_scale: float = 1.0) -> torch.Tensor:
     """DDRM posterior sample in model space (data in [-1, 1]); Kawar et al. 2022, Eq. (7)-(8).
 
     Works on ``xbar_t = x_t / sqrt(abar_t)`` (noise level ``sigma_t = sqrt(1 - abar_t) /
@@ -240,6 +240,9 @@ def ddrm_spectral(y: torch.Tensor, op: CirculantBlur, model: Callable, sigma_0: 
         generator: random source (``None``: torch's global one).
         s_min: singular values at or below it take the "missing" update.
         betas: ``(T,)`` schedule; default :func:`linear_betas`.
+        noise_scale: factor on every injected noise (1: a posterior sample). With an affine
+            prior the result is affine in the noises, so ``1 / sqrt(k)`` gives, in law, the
+            mean of ``k`` independent samples (:func:`ddrm`'s ``samples``).
 
     Returns:
         ``(B, C, N, M)`` sample ``x_0`` in model units, not clipped.
@@ -263,7 +266,8 @@ def ddrm_spectral(y: torch.Tensor, op: CirculantBlur, model: Callable, sigma_0: 
         return math.sqrt(1.0 - ab(t)) / math.sqrt(ab(t))
 
     def white() -> torch.Tensor:  # real white N(0, I) in pixel space, as coefficients
-        return op.Vt(torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype))
+        z = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+        return op.Vt(z if noise_scale == 1.0 else z.mul_(noise_scale))
 
     s = op.singulars().to(y.dtype)
     kept = s > s_min
@@ -342,8 +346,10 @@ def _spectral_affine_steps(x_s, affine, steps, ab, sig, white, s, kept, s_safe, 
 def ddrm(y: torch.Tensor, psf: torch.Tensor, model: Callable, sigma_0: float,
          steps: int = 20, eta: float = 0.85, eta_b: float = 1.0, seed: int | None = None, *,
          pad_px: int | None = None, pad_mode: str = "replicate", s_min: float = S_MIN,
-         betas: torch.Tensor | None = None, clip: bool = True) -> torch.Tensor:
-    """DDRM attack: a posterior sample of the scene given the privacy image (package interface).
+         betas: torch.Tensor | None = None, clip: bool = True,
+         samples: int = 1) -> torch.Tensor:
+    """DDRM attack: a posterior sample of the scene given the privacy image (package interface),
+    or the mean of ``samples`` of them (an estimate of the posterior mean ``E[x | y]``).
 
     Args:
         y: ``(B, C, H, W)`` sensor image in [0, 1].
@@ -359,6 +365,11 @@ def ddrm(y: torch.Tensor, psf: torch.Tensor, model: Callable, sigma_0: float,
         s_min: singular values (``|OTF|``) at or below it count as zero.
         betas: diffusion schedule (default linear 1e-4..0.02, T = 1000).
         clip: clip the result to [0, 1] (the interface); ``False`` returns the raw sample.
+        samples: posterior samples averaged (before the clip). With an affine prior (a
+            :class:`GaussianPrior`) the sampler is affine in its noises, so one run with every
+            injected noise scaled by ``1 / sqrt(samples)`` *is*, in law, the mean of
+            ``samples`` independent runs: it costs one run. Other models run ``samples``
+            times, one after the other from the one seeded generator.
 
     Returns:
         ``(B, C, H, W)`` estimate in [0, 1] (if ``clip``), same device and dtype as ``y``.
@@ -381,9 +392,17 @@ def ddrm(y: torch.Tensor, psf: torch.Tensor, model: Callable, sigma_0: float,
     if seed is not None:
         gen = torch.Generator(device=y.device)
         gen.manual_seed(int(seed))
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    folded = getattr(model, "eps_affine", None) is not None
+    runs = 1 if folded else samples
     with torch.no_grad():
-        x = ddrm_spectral(y_pm, op, model, 2.0 * float(sigma_0), steps=steps, eta=eta,
-                          eta_b=eta_b, generator=gen, s_min=s_min, betas=betas)
+        x = 0.0
+        for _ in range(runs):
+            x = x + ddrm_spectral(y_pm, op, model, 2.0 * float(sigma_0), steps=steps, eta=eta,
+                                  eta_b=eta_b, generator=gen, s_min=s_min, betas=betas,
+                                  noise_scale=1.0 / math.sqrt(samples) if folded else 1.0)
+        x = x / runs if runs > 1 else x
     if p > 0:
         x = x[..., p:-p, p:-p]
     x = (x + 1.0) / 2.0
