@@ -43,6 +43,24 @@ def _grad_adjoint(gy: torch.Tensor, gx: torch.Tensor) -> torch.Tensor:
     return (torch.roll(gy, 1, dims=-2) - gy) + (torch.roll(gx, 1, dims=-1) - gx)
 
 
+def _grad_into(gy: torch.Tensor, gx: torch.Tensor, x: torch.Tensor) -> None:
+    """:func:`_grad` of ``x`` written into ``gy`` and ``gx`` (no temporaries)."""
+    torch.sub(x[..., 1:, :], x[..., :-1, :], out=gy[..., :-1, :])
+    torch.sub(x[..., :1, :], x[..., -1:, :], out=gy[..., -1:, :])
+    torch.sub(x[..., :, 1:], x[..., :, :-1], out=gx[..., :, :-1])
+    torch.sub(x[..., :, :1], x[..., :, -1:], out=gx[..., :, -1:])
+
+
+def _grad_adjoint_into(out: torch.Tensor, gy: torch.Tensor, gx: torch.Tensor) -> torch.Tensor:
+    """:func:`_grad_adjoint` of ``(gy, gx)`` written into ``out``; returns ``out``."""
+    torch.add(gy, gx, out=out).neg_()
+    out[..., 1:, :] += gy[..., :-1, :]
+    out[..., :1, :] += gy[..., -1:, :]
+    out[..., :, 1:] += gx[..., :, :-1]
+    out[..., :, :1] += gx[..., :, -1:]
+    return out
+
+
 def tv_deconvolution(
     y: torch.Tensor,
     psf: torch.Tensor,
@@ -88,21 +106,29 @@ def tv_deconvolution(
     nh, nw = _grid(h, w, *psf_w.shape[-2:], boundary)
     yp = _pad(yw, nh, nw, boundary)
     otf = _otf(psf_w, nh, nw)
-    hty = otf.conj() * torch.fft.rfft2(yp)
     denom = otf.abs() ** 2 + rho_t * _laplacian_symbol(nh, nw, yw.dtype, yw.device)
+    # the x-update as X = A + B F(G^T w), w = z - u: A, B once, no complex division per step
+    a_hat = otf.conj() * torch.fft.rfft2(yp) / denom
+    b_hat = rho_t / denom
     thresh = lam_t / rho_t
     x = yp
-    zy, zx = _grad(x)
-    uy, ux = torch.zeros_like(zy), torch.zeros_like(zx)
+    # the loop keeps u and w = z - u only: with v = grad x + u and the shrinkage factor
+    # s = max(1 - t / |v|, 0), z = s v and u' = v - z, so w' = z - u' = (2 s - 1) v
+    uy, ux = torch.zeros_like(yp), torch.zeros_like(yp)
+    wy, wx = _grad(x)
+    vy, vx, mag, d = (torch.empty_like(yp) for _ in range(4))
     for _ in range(iterations):
-        rhs = hty + rho_t * torch.fft.rfft2(_grad_adjoint(zy - uy, zx - ux))
-        x = torch.fft.irfft2(rhs / denom, s=(nh, nw))
-        gy, gx = _grad(x)
-        vy, vx = gy + uy, gx + ux
-        mag = torch.sqrt(vy**2 + vx**2)
-        scale = (1.0 - thresh / mag.clamp_min(1e-30)).clamp_min(0.0)
-        zy, zx = vy * scale, vx * scale
-        uy, ux = vy - zy, vx - zx
+        x = torch.fft.irfft2(torch.fft.rfft2(_grad_adjoint_into(d, wy, wx)).mul_(b_hat)
+                             .add_(a_hat), s=(nh, nw))
+        _grad_into(vy, vx, x)
+        vy.add_(uy)
+        vx.add_(ux)
+        torch.mul(vy, vy, out=mag).addcmul_(vx, vx).sqrt_().clamp_min_(1e-30)
+        scale = torch.reciprocal(mag, out=mag).mul_(thresh).neg_().add_(1.0).clamp_min_(0.0)
+        for v, u, w_ in ((vy, uy, wy), (vx, ux, wx)):
+            torch.mul(v, scale, out=w_)  # z
+            torch.sub(v, w_, out=u)  # u' = v - z
+            w_.sub_(u)  # w' = z - u'
     return _finish(x, h, w, clip, out_dtype)
 
 
