@@ -38,6 +38,7 @@ from deid.attacks.tv import tv_deconvolution
 from deid.judges.quality import psnr
 from optics.deconv import estimate_noise_sigma, richardson_lucy, wiener
 from optics.kit.files import locked, write_text_atomic
+from optics.kit.precision import resolve_bf16
 from optics.kit.resize import resize_to
 
 __all__ = ["METHODS", "TUNING", "AttackConfig", "Attacker", "digest", "tensor_digest",
@@ -78,6 +79,9 @@ class AttackConfig:
     inversion_batch: int = 8
     tune_faces: int = 8  # attacker's faces used to tune wiener/rl/tv/pnp (0: no tuning)
     seed: int = 0
+    # bfloat16 autocast for the attackers' networks (inversion, the PnP face denoiser):
+    # "auto" (where the hardware has it natively, optics.kit.precision), "on" or "off"
+    bf16: str = "auto"
 
 
 # --------------------------------------------------------------------------- attacks
@@ -132,7 +136,8 @@ class Attacker:
         if self.method == "inversion":
             icfg = InversionConfig(steps=cfg.inversion_steps, batch_size=cfg.inversion_batch,
                                    width=cfg.inversion_width, image_size=cfg.size,
-                                   seed=cfg.seed, ckpt_every=100 if store else 0)
+                                   seed=cfg.seed, ckpt_every=100 if store else 0,
+                                   bf16=self.bf16(train))
             out_dir = None
             if store:
                 key = digest("inversion", _config_json(icfg), self.camera_key(train, cache),
@@ -179,18 +184,24 @@ class Attacker:
         """The plug-and-play face denoiser, trained on ``train`` or loaded from ``store``
         (one process trains it while others wanting the same one wait for it)."""
         cfg = self.cfg
+        bf16 = self.bf16(train)
         if not store:
             return train_face_denoiser(train, steps=cfg.denoiser_steps, seed=cfg.seed,
-                                       progress=False)
+                                       progress=False, bf16=bf16)
         key = digest("face_denoiser", cfg.denoiser_steps, cfg.seed, tensor_digest(train),
-                      source_digest())
+                      source_digest(), bf16)
         folder = store / f"face-denoiser-{key}"
         with locked(store / f"face-denoiser-{key}.lock"):
             if (folder / "denoiser.pt").exists():
                 self.loaded.append("face_denoiser")
                 return load_face_denoiser(folder)
             return train_face_denoiser(train, steps=cfg.denoiser_steps, seed=cfg.seed,
-                                       out_dir=folder, progress=False)
+                                       out_dir=folder, progress=False, bf16=bf16)
+
+    def bf16(self, like: torch.Tensor) -> bool:
+        """Whether this attacker's networks run under bfloat16 autocast on ``like``'s device
+        (``config.bf16``, resolved by :func:`optics.kit.precision.resolve_bf16`)."""
+        return resolve_bf16(self.cfg.bf16, like.device)
 
     def _tune_y(self, train: torch.Tensor, cache: dict) -> torch.Tensor:
         """The camera's rendering of the tuning faces (``train[:tune_faces]``, seed
@@ -208,7 +219,7 @@ class Attacker:
         output size, its rendering of the tuning faces, and its reading of that rendering."""
         y = self._tune_y(train, {} if cache is None else cache)
         seen = self.camera.observe(y) if self.camera.observe is not None else y
-        return digest(self.camera.name, tensor_digest(self.camera.psf),
+        return digest(self.camera.name, self.bf16(train), tensor_digest(self.camera.psf),
                       self.camera.output_size, tensor_digest(y), tensor_digest(seen))
 
     def _tune(self, faces: torch.Tensor, y: torch.Tensor) -> float:

@@ -33,6 +33,7 @@ from torch import nn
 
 from optics.kit.checkpoint import save_checkpoint
 from optics.kit.config import from_dict, to_dict
+from optics.kit.precision import bf16_autocast
 from optics.kit.progress import progress_bar
 from optics.kit.schedule import global_batch, sample_generator
 
@@ -98,13 +99,16 @@ class PnPDenoiser:
     """``denoiser(x (B, C, H, W), sigma: float) -> (B, C, H, W)`` for plug-and-play: runs
     ``model`` without gradient on its own device and returns ``x``'s device and dtype,
     clamped to [0, 1] (``clamp=False`` to keep the raw output). ``sigma`` outside the
-    training range is clamped into it (``sigma_range``) and logged once."""
+    training range is clamped into it (``sigma_range``) and logged once. ``bf16``: run the
+    network under bfloat16 autocast (:mod:`optics.kit.precision`; about 2x faster where bf16
+    is native)."""
 
     def __init__(self, model: FaceDenoiser, clamp: bool = True,
-                 sigma_range: tuple[float, float] | None = None):
+                 sigma_range: tuple[float, float] | None = None, bf16: bool = False):
         self.model = model.eval()
         self.clamp = clamp
         self.sigma_range = sigma_range
+        self.bf16 = bf16
         self._warned = False
 
     def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
@@ -118,8 +122,8 @@ class PnPDenoiser:
                     self._warned = True
                 s = s.clamp(lo, hi)
         p = next(self.model.parameters())
-        with torch.no_grad():
-            out = self.model(x.to(p.device, p.dtype), s.to(p.device, p.dtype))
+        with torch.no_grad(), bf16_autocast(p.device, self.bf16):
+            out = self.model(x.to(p.device, p.dtype), s.to(p.device, p.dtype)).to(p.dtype)
         if self.clamp:
             out = out.clamp(0.0, 1.0)
         return out.to(x.device, x.dtype)
@@ -142,7 +146,7 @@ def gaussian_blur_denoiser(x: torch.Tensor, sigma=None, blur_px: float = 1.0) ->
 class DenoiserConfig:
     """Training of :class:`FaceDenoiser`. Noise levels are drawn uniformly from
     ``[sigma_min, sigma_max]`` (units of full scale) per image; ``patch_size`` crops random
-    squares of that side (0: whole images)."""
+    squares of that side (0: whole images); ``bf16``: forward under bfloat16 autocast."""
 
     steps: int = 500
     batch_size: int = 16
@@ -154,6 +158,7 @@ class DenoiserConfig:
     patch_size: int = 0
     flip: bool = True
     seed: int = 0
+    bf16: bool = False
 
     def __post_init__(self):
         if not 0 <= self.sigma_min <= self.sigma_max:
@@ -190,15 +195,16 @@ def _noisy_batch(images: torch.Tensor, step: int, config: DenoiserConfig):
 def train_face_denoiser(train_images: torch.Tensor, sigmas: tuple[float, float] = (0.01, 0.2),
                         steps: int = 500, *, batch_size: int = 16, lr: float = 1e-3,
                         width: int = 32, depth: int = 6, patch_size: int = 0, seed: int = 0,
-                        out_dir=None, progress: bool = True) -> PnPDenoiser:
+                        out_dir=None, progress: bool = True, bf16: bool = False) -> PnPDenoiser:
     """Train a :class:`FaceDenoiser` on ``train_images (N, C, H, W)`` in [0, 1] with Gaussian
     noise of std uniform in ``sigmas`` (units of full scale): MSE loss (PnP wants an MMSE
     denoiser), Adam with a cosine schedule; batches, crops, flips and noise are seeded per
     ``(seed, step, sample)``. Returns the :class:`PnPDenoiser` (its ``.model`` is the network). With
-    ``out_dir``, writes ``denoiser.pt`` atomically (weights and config)."""
+    ``out_dir``, writes ``denoiser.pt`` atomically (weights and config). ``bf16``: train and
+    denoise under bfloat16 autocast (:mod:`optics.kit.precision`)."""
     config = DenoiserConfig(steps=steps, batch_size=batch_size, lr=lr, width=width, depth=depth,
                             sigma_min=float(sigmas[0]), sigma_max=float(sigmas[1]),
-                            patch_size=patch_size, seed=seed)
+                            patch_size=patch_size, seed=seed, bf16=bf16)
     if train_images.ndim != 4:
         raise ValueError(f"train_images must be (N, C, H, W), got {tuple(train_images.shape)}")
     with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG untouched
@@ -214,7 +220,9 @@ def train_face_denoiser(train_images: torch.Tensor, sigmas: tuple[float, float] 
     loss = torch.zeros(())
     for step in it:
         x, noisy, sig = _noisy_batch(train_images, step, config)
-        loss = F.mse_loss(model(noisy, sig), x)
+        with bf16_autocast(train_images.device, bf16):
+            den = model(noisy, sig)
+        loss = F.mse_loss(den.float(), x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -225,7 +233,7 @@ def train_face_denoiser(train_images: torch.Tensor, sigmas: tuple[float, float] 
     if out_dir is not None:
         save_checkpoint({"kind": CHECKPOINT_KIND, "step": steps, "config": to_dict(config),
                          "model": model.state_dict()}, Path(out_dir) / "denoiser.pt")
-    return PnPDenoiser(model, sigma_range=(config.sigma_min, config.sigma_max))
+    return PnPDenoiser(model, sigma_range=(config.sigma_min, config.sigma_max), bf16=bf16)
 
 
 def load_face_denoiser(path, map_location="cpu") -> PnPDenoiser:
@@ -242,4 +250,4 @@ def load_face_denoiser(path, map_location="cpu") -> PnPDenoiser:
     model = FaceDenoiser(channels, config.width, config.depth)
     model.load_state_dict(state["model"])
     return PnPDenoiser(model.to(map_location).eval(),
-                       sigma_range=(config.sigma_min, config.sigma_max))
+                       sigma_range=(config.sigma_min, config.sigma_max), bf16=config.bf16)
