@@ -61,6 +61,7 @@ from deid.faces.corpus import FaceSets, load_face_sets
 from deid.faces.corpus_builder import ensure_demo_corpus
 from optics.kit.files import atomic_path, locked, write_text_atomic
 from optics.kit.imageio import load_image, save_image
+from optics.kit.malloc import keep_freed_memory
 from optics.kit.paths import home_subdir
 from optics.kit.progress import progress_bar
 from optics.kit.resize import resize_to
@@ -267,6 +268,7 @@ def _tasks(todo, workers: bool) -> list:
 
 def _worker(tasks, results, specs, faces, config, calibration, store, judges, lpips, redo,
             threads):
+    keep_freed_memory()  # a spawned process: the parent's malloc settings are not inherited
     torch.set_num_threads(threads)
     pairs = _Pairs(specs, faces, config, calibration, store, judges, lpips, redo)
     while True:

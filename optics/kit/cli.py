@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from optics.kit.config import assemble_config, load_config
+from optics.kit.malloc import keep_freed_memory
 
 __all__ = ["UserError", "build_parser", "add_common", "add_overrides", "run_cli",
            "add_dataclass_args", "dataclass_overrides", "run_folder_config"]
@@ -74,7 +75,8 @@ def _message(e: BaseException) -> str:
 
 
 def run_cli(parser: argparse.ArgumentParser, argv=None) -> int:
-    """Parse ``argv``, run the chosen command's ``func(args)``, map user errors to exit 2."""
+    """Parse ``argv``, run the chosen command's ``func(args)``, map user errors to exit 2.
+    Freed memory stays in the process (:func:`optics.kit.malloc.keep_freed_memory`)."""
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
@@ -83,6 +85,7 @@ def run_cli(parser: argparse.ArgumentParser, argv=None) -> int:
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    keep_freed_memory()
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as e:
