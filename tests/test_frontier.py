@@ -134,3 +134,44 @@ def test_bad_finetune_steps_is_one_line(tmp_path, capsys):
                         "--cameras", "blur-4"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "finetune_steps must be -1" in err[0], err
+
+
+def _interval(v, half=0.05):
+    return {"value": v, "lo": max(0.0, v - half), "hi": min(1.0, v + half)}
+
+
+def test_threat_models_as_panels(tmp_path, capsys):
+    """``--threats``: a `deid threats` report's methods as points, one panel per threat model
+    (a row whose outputs hold no face is drawn at the "no face found" edge); anything else is
+    refused in one line."""
+    from PIL import Image
+
+    from deid.evaluation.frontier import load_threats, plot_frontier
+
+    result = {"points": {f"blur-{s}": {"family": "blur", "ratio_to_mean_shape": r,
+                                       "ratio_interval": [r - 0.1, r + 0.1],
+                                       "worst": _interval(w)}
+                         for s, r, w in ((2, 0.5, 1.0), (8, 0.7, 0.6))},
+              "reid_baselines": {"chance": {"value": 0.14},
+                                 "colour_floor_mean_rgb": {"value": 0.34}},
+              "identity_set": {"images": 56, "identities": 7}, "test_faces": 48}
+    rows = {}
+    for name, kind, nme, out, sniff in (("defocus", "optical", float("nan"), 0.7, 0.7),
+                                        ("FALCO-style m=0", "software", 0.06, 0.8, 1.0),
+                                        ("privlens two-stage", "two-stage", 0.05, 0.9, 0.7)):
+        n = {**_interval(nme, 0.01), "n": 0 if math.isnan(nme) else 50}
+        rows[name] = {"kind": kind, "output_only": {"worst": _interval(out)},
+                      "sniffing": _interval(sniff), "utility": {"jittered_nme": n}}
+    threats = tmp_path / "threats"
+    threats.mkdir()
+    (threats / "threats.json").write_text(json.dumps({"rows": rows, "reid_chance": 0.14}))
+    one = plot_frontier(result, tmp_path / "one.png")
+    three = plot_frontier(result, tmp_path / "three.png", threats=load_threats(threats))
+    w1, w3 = Image.open(one).size[0], Image.open(three).size[0]
+    assert w3 > 2.2 * w1, (w1, w3)
+    (tmp_path / "bad.json").write_text(json.dumps({"points": {}}))
+    with pytest.raises(ValueError, match="not a `deid threats` report"):
+        load_threats(tmp_path / "bad.json")
+    assert optics_main(["frontier", "--out", str(tmp_path / "x"), "--threats",
+                        str(tmp_path / "bad.json")]) == 2
+    assert "not a `deid threats` report" in capsys.readouterr().err

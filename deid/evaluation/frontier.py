@@ -44,7 +44,7 @@ from optics.kit.files import write_text_atomic
 from optics.kit.progress import progress_bar
 from optics.kit.resize import resize_to
 
-__all__ = ["FrontierConfig", "SWEEP", "frontier", "merge_frontiers", "plot_frontier",
+__all__ = ["FrontierConfig", "SWEEP", "frontier", "merge_frontiers", "plot_frontier", "load_threats",
            "frontier_markdown"]
 
 log = logging.getLogger(__name__)
@@ -268,11 +268,78 @@ _STYLE = {"blur": ("tab:blue", "o"), "defocus": ("tab:orange", "s"),
           "stage1 run": ("tab:red", "*")}
 
 
-def plot_frontier(result: dict, path) -> Path:
-    """x: jittered NME / mean shape; y: worst-case re-ID top-1; 95% intervals on both."""
-    fig = Figure(figsize=(7.5, 5.2))
+#: colours of the threat report's row kinds (``deid threats``)
+_KIND_STYLE = {"optical": ("tab:blue", "o"), "software": ("tab:orange", "s"),
+               "two-stage": ("tab:green", "*")}
+#: the threat report's threat models drawn as panels: (key, title)
+THREAT_PANELS = (("output_only", "output only"), ("sniffing", "sniffing (device memory)"))
+
+
+def load_threats(path) -> dict:
+    """A ``deid threats`` report (``threats.json``, or the folder holding it) for
+    :func:`plot_frontier`; a one-line ``ValueError`` if it is not one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "threats.json"
+    try:
+        rep = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read the threat report {path}: {e}") from None
+    rows = rep.get("rows") if isinstance(rep, dict) else None
+    if not rows or not all({"output_only", "sniffing", "utility", "kind"} <= set(t)
+                           for t in rows.values()):
+        raise ValueError(f"{path} is not a `deid threats` report (threats.json)")
+    return rep
+
+
+def _threat_panel(ax, threats: dict, key: str, title: str) -> None:
+    """One threat model of a ``deid threats`` report (``threats.json``): each method (row) at
+    the jittered landmark NME of its output against the source (x; dlib's 68 points over the
+    outer-eye-corner distance) and its worst-case re-ID under that threat model (y), with
+    95% intervals. A method whose outputs dlib finds no face in has no NME: it is drawn,
+    hollow, at the right edge ("no face found")."""
+    rows = threats["rows"]
+    nmes = [t["utility"]["jittered_nme"]["value"] for t in rows.values()]
+    finite = [v for v in nmes if np.isfinite(v)]
+    x_none = 1.15 * max(finite) if finite else 1.0
+    for name, t in rows.items():
+        w = t[key]["worst"] if key == "output_only" else t[key]
+        n = t["utility"]["jittered_nme"]
+        colour, marker = _KIND_STYLE.get(t["kind"], ("black", "x"))
+        found = np.isfinite(n["value"])
+        x = n["value"] if found else x_none
+        xerr = [[x - n["lo"]], [n["hi"] - x]] if found else None
+        ax.errorbar([x], [w["value"]], xerr=xerr,
+                    yerr=[[w["value"] - w["lo"]], [w["hi"] - w["value"]]], color=colour,
+                    marker=marker, markerfacecolor=colour if found else "none", capsize=2,
+                    linestyle="none", markersize=8 if t["kind"] == "two-stage" else 5)
+        ax.annotate(name, (x, w["value"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(threats["reid_chance"], color="grey", linestyle=":")
+    ax.axvline(x_none, color="grey", linewidth=0.5)
+    ax.text(x_none, 1.02, " no face found", fontsize=6, transform=ax.get_xaxis_transform())
+    ax.set_title(f"threat model: {title}", fontsize=9)
+    ax.set_xlabel("landmark NME of the output vs the source, jittered\n(dlib 68 points; "
+                  "lower: more useful)", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    for kind, (colour, marker) in _KIND_STYLE.items():
+        ax.plot([], [], marker=marker, color=colour, linestyle="none", label=kind)
+    ax.legend(fontsize=7, loc="lower left")
+
+
+def plot_frontier(result: dict, path, threats: dict | None = None) -> Path:
+    """x: jittered NME / mean shape; y: worst-case re-ID top-1; 95% intervals on both.
+    ``threats``: a ``deid threats`` report (``threats.json``); its methods are added as points
+    in one more panel per threat model (:data:`THREAT_PANELS`), on their own utility axis."""
+    panels = 1 + (len(THREAT_PANELS) if threats else 0)
+    fig = Figure(figsize=(7.5 + 5.5 * (panels - 1), 5.2))
     FigureCanvasAgg(fig)
-    ax = fig.subplots()
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    ax = axes[0]
+    if threats:
+        ax.set_title("classic cameras, stage-1 runs",
+                     fontsize=9)
+        for a, (key, title) in zip(axes[1:], THREAT_PANELS, strict=True):
+            _threat_panel(a, threats, key, title)
     by_family: dict = {}
     for spec, p in result["points"].items():
         by_family.setdefault(p["family"], []).append((spec, p))

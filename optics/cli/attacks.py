@@ -8,7 +8,13 @@ from pathlib import Path
 from deid.attacks.attacker import METHODS, AttackConfig
 from deid.attacks.cameras import BASELINES, DEFAULT_CAMERAS, check_camera_spec
 from deid.evaluation.attack_job import attack_job
-from deid.evaluation.frontier import FrontierConfig, frontier, merge_frontiers
+from deid.evaluation.frontier import (
+    FrontierConfig,
+    frontier,
+    load_threats,
+    merge_frontiers,
+    plot_frontier,
+)
 from deid.evaluation.privacy_report import privacy_report
 from deid.evaluation.tables import report_markdown
 from deid.faces.corpus import load_face_sets
@@ -71,9 +77,18 @@ def cmd_privacy_report(args) -> int:
     return 0
 
 
+def _with_threats(args, result) -> None:
+    """Redraw frontier.png with the threat report's panels (``--threats``)."""
+    if args.threats:
+        plot_frontier(result, Path(args.out) / "frontier.png", threats=args.threats_report)
+        print(f"frontier.png has the threat models of {args.threats} as panels")
+
+
 def cmd_frontier(args) -> int:
+    args.threats_report = load_threats(args.threats) if args.threats else None  # fail early
     if args.merge:
         result = merge_frontiers(args.out, args.merge)
+        _with_threats(args, result)
         print(f"merged {len(result['points'])} points from {len(args.merge)} folders; wrote "
               f"{Path(args.out) / 'frontier.json'} and frontier.png")
         return 0
@@ -103,6 +118,7 @@ def cmd_frontier(args) -> int:
         lo, hi = p["ratio_interval"]
         print(f"{Path(spec).name:24s} {p['ratio_to_mean_shape']:6.2f} [{lo:.2f},{hi:.2f}] "
               f"{w['value']:8.2f} [{w['lo']:.2f},{w['hi']:.2f}]  {w['attack']}, {w['judge']}")
+    _with_threats(args, result)
     print(f"wrote {Path(args.out) / 'frontier.json'} and frontier.png")
     return 0
 
@@ -184,7 +200,8 @@ def register(sub) -> None:
         epilog="examples:\n  optics frontier --out runs/frontier --run runs/demo/stage1\n"
                "  optics frontier --out runs/quick --cameras blur-4,blur-16 "
                "--finetune-steps 20\n"
-               "  optics frontier --out runs/fr --merge runs/fr-blur --merge runs/fr-mosaic"))
+               "  optics frontier --out runs/fr --merge runs/fr-blur --merge runs/fr-mosaic\n"
+               "  optics frontier --out runs/fr --merge runs/fr --threats runs/threats"))
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--run", action="append", metavar="DIR", help="a stage-1 run (repeatable)")
     p.add_argument("--teacher", metavar="FILE",
@@ -200,6 +217,10 @@ def register(sub) -> None:
     p.add_argument("--merge", action="append", metavar="DIR",
                    help="instead of running, merge the frontiers of these folders (e.g. "
                         "camera subsets run in parallel) into --out (repeatable)")
+    p.add_argument("--threats", metavar="FILE",
+                   help="a `deid threats` report (threats.json or its folder): its methods "
+                        "are added as points, one panel per threat model (output only, "
+                        "sniffing)")
     add_overrides(p, "seed=1")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_frontier)
