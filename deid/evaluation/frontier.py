@@ -44,8 +44,8 @@ from optics.kit.files import write_text_atomic
 from optics.kit.progress import progress_bar
 from optics.kit.resize import resize_to
 
-__all__ = ["FrontierConfig", "SWEEP", "frontier", "merge_frontiers", "plot_frontier", "load_threats",
-           "frontier_markdown"]
+__all__ = ["FrontierConfig", "SWEEP", "frontier", "merge_frontiers", "plot_frontier",
+           "load_threats", "frontier_markdown"]
 
 log = logging.getLogger(__name__)
 
