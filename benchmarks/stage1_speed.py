@@ -84,6 +84,10 @@ def parse_args(argv=None):
     p.add_argument("--baseline", default=None, metavar="DIR",
                    help="also time the package of this checkout (e.g. the tree before a "
                         "change), alternating with the working tree, one row each")
+    p.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                   help="keep: glibc keeps freed blocks in the worker, as every privlens CLI "
+                        "process does (optics.kit.malloc; set by this harness for both "
+                        "trees); default: glibc's own thresholds")
     p.add_argument("--root", default=ROOT, help=argparse.SUPPRESS)  # the tree a worker imports
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -114,6 +118,11 @@ def worker(args) -> None:
     n = args.thread_list[0]
     for var in _PINNED:  # before torch (and numpy) are imported
         os.environ[var] = str(n)
+    if args.malloc == "keep":  # what optics.kit.malloc does in a CLI process, for any tree
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        for option in (-3, -1):  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD: 1 GB
+            libc.mallopt(option, ctypes.c_int(1 << 30))
 
     import copy
     import dataclasses
@@ -328,7 +337,7 @@ def run_worker(args, n: int, root: str = ROOT) -> dict:
         env["OMP_WAIT_POLICY"] = args.wait_policy
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--threads", str(n),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--width", str(args.width),
-           "--seed", str(args.seed), "--root", root]
+           "--seed", str(args.seed), "--root", root, "--malloc", args.malloc]
     load0, stat0 = loadavg(), cpu_counters()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     stat1 = cpu_counters()
