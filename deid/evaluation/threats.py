@@ -50,6 +50,7 @@ import torch
 from deid.attacks.attacker import METHODS, AttackConfig, Attacker
 from deid.attacks.cameras import build_camera
 from deid.evaluation.judges import JUDGE_NAMES, default_judges, judge_similarity
+from deid.evaluation.privacy_report import default_store
 from deid.evaluation.reid import reid_hits
 from deid.evaluation.stage2_eval import dlib_faces, evaluate_deid, pair_mean
 from deid.faces.corpus import load_face_sets, load_split
@@ -150,11 +151,13 @@ def threat_report(stage1, stage2, out_dir, encoder=None, falco_margins=(1.0, 0.5
                   epsilons=(0.1, 1.0, 10.0, 100.0, math.inf), max_sources: int | None = None,
                   falco_steps: int = 50, invert_steps: int = 50, seed: int = 0,
                   n_boot: int = 500, judges=None, attacks=ATTACKS, device="cpu",
-                  progress: bool = True) -> dict:
+                  progress: bool = True, store=None) -> dict:
     """Measure every row under every threat model; writes ``threats.json``, ``threats.md``,
     ``threats.png`` (one panel per threat model) and ``threats_grid.png``. ``attacks``: the
     reconstructions run on degraded-image rows (:data:`RECONSTRUCTIONS`); ``device``: where
-    the generators run (the cameras, attacks and judges run on the CPU)."""
+    the generators run (the cameras, attacks and judges run on the CPU). ``store``: trained
+    attack networks and tuned parameters, shared with ``optics privacy-report`` (default
+    :func:`~deid.evaluation.privacy_report.default_store`; False: none)."""
     bad = [a for a in attacks if a not in RECONSTRUCTIONS]
     if bad:
         raise ValueError(f"unknown attack {bad[0]!r}; choose from {', '.join(RECONSTRUCTIONS)}")
@@ -178,6 +181,8 @@ def threat_report(stage1, stage2, out_dir, encoder=None, falco_margins=(1.0, 0.5
     judges = judges if judges is not None else default_judges(JUDGE_NAMES)
     train = load_face_sets(SIZE_PX, ensure_demo_corpus()).train
 
+    store = None if store is False else Path(store) if store else default_store()
+    cache: dict = {}  # the attackers' shared face denoiser, priors and tuning renders
     rows: dict[str, dict] = {}  # name -> {"kind", "output", "attacked" {attack: x_hat}}
 
     def add(name, kind, output, attacked=None, note=""):
@@ -197,7 +202,7 @@ def threat_report(stage1, stage2, out_dir, encoder=None, falco_margins=(1.0, 0.5
                 attacked = {}
                 for m in attacks:
                     att = Attacker(m, cam, AttackConfig(size=SIZE_PX, seed=seed))
-                    att.prepare(train)
+                    att.prepare(train, cache, store)
                     attacked[m] = att.reconstruct(y).clamp(0, 1)
                 add(name, kind, y, attacked, cam.description)
         elif part == "privlens":
