@@ -360,3 +360,24 @@ def test_threat_report_rows_and_threat_models(setup, tmp_path):
     md = (out / "threats.md").read_text()
     assert "sniffing" in md and "(published)" in md
     assert (out / "threats.png").stat().st_size > 10_000
+    # the same table from `optics privacy-report --stage2`, beside the camera x attack report
+    opt = [sys.executable, "-m", "optics", "privacy-report"]
+    rep_dir = tmp_path / "privacy"
+    r = subprocess.run([*opt, "--run", str(s1), "--stage2", str(run), "--cameras", "none",
+                        "--methods", "identity,matched,wiener", "--max-faces", "14",
+                        "--margins", "0.0", "--falco-steps", "1", "--invert-steps", "1", "--set",
+                        "size=32", "--no-store", "--no-lpips", "--quiet", "--out", str(rep_dir)],
+                       capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0, r.stderr[-3000:]
+    both = json.loads((rep_dir / "threats" / "threats.json").read_text())
+    assert list(both["rows"]) == [k for k in rows if not k.startswith("Private-Encoder")]
+    assert both["attacks"] == ["direct", "matched", "wiener"]
+    assert (rep_dir / "privacy_report.json").is_file() and "threat models" in r.stdout
+    for bad, msg in ((["--encoder", str(enc)], "--encoder goes with --stage2"),
+                     (["--stage2", str(run)], "exactly one --run"),
+                     (["--run", str(s1), "--stage2", str(tmp_path)], "no stage-2 run"),
+                     (["--run", str(s1), "--stage2", str(run), "--margins", "2"], "cosines")):
+        r = subprocess.run([*opt, *bad, "--out", str(tmp_path / "x")], capture_output=True,
+                           text=True, env=ENV)
+        assert r.returncode == 2 and msg in r.stderr and len(r.stderr.splitlines()) == 1, \
+            r.stderr

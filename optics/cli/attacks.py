@@ -17,8 +17,10 @@ from deid.evaluation.frontier import (
 )
 from deid.evaluation.privacy_report import privacy_report
 from deid.evaluation.tables import report_markdown
+from deid.evaluation.threats import RECONSTRUCTIONS, threat_report
 from deid.faces.corpus import load_face_sets
 from deid.faces.corpus_builder import ensure_demo_corpus
+from deid.methods.software.private_encoder import load_private_encoder
 from optics.cli.demo import demo_teacher
 from optics.kit.cli import add_common, add_overrides
 from optics.kit.config import apply_overrides, load_config
@@ -60,6 +62,24 @@ def cmd_privacy_report(args) -> int:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown attack {unknown[0]!r}; methods: {', '.join(METHODS)}")
+    if args.encoder and not args.stage2:
+        raise ValueError("--encoder goes with --stage2 (the threat-model table)")
+    if args.stage2:  # checked before the long report, not after it
+        if len(args.run or []) != 1:
+            raise ValueError("--stage2 needs exactly one --run: the learned camera of its rows")
+        if not (Path(args.stage2) / "config.yaml").is_file():
+            raise ValueError(f"no stage-2 run in {args.stage2} (no config.yaml)")
+        if args.encoder:
+            load_private_encoder(args.encoder)
+        try:
+            args.margin_list = [float(m) for m in args.margins.split(",") if m.strip()]
+        except ValueError:
+            raise ValueError(f"--margins must be comma-separated numbers, got "
+                             f"{args.margins!r}") from None
+        if not args.margin_list or any(not -1 <= m <= 1 for m in args.margin_list) or \
+                min(args.falco_steps, args.invert_steps) < 0:
+            raise ValueError("--margins are cosines in [-1, 1]; --falco-steps and "
+                             "--invert-steps must be at least 0")
     faces = load_face_sets(cfg.size, ensure_demo_corpus(), max_test=args.max_faces or None)
     report = privacy_report(args.out, cameras, methods, cfg, faces=faces,
                             calibration=args.calibration, lpips=not args.no_lpips,
@@ -74,6 +94,18 @@ def cmd_privacy_report(args) -> int:
           f"{run['seconds'] / 60:.1f} min")
     print(f"wrote {Path(args.out) / 'privacy_report.md'} (+ .json, privacy_grid.png, "
           f"privacy_worst_case.png)")
+    if args.stage2:
+        out = Path(args.out) / "threats"
+        threat_report(args.run[0], args.stage2, out, encoder=args.encoder,
+                      **({} if args.encoder else {"epsilons": ()}),
+                      max_sources=max(2, args.max_faces) if args.max_faces else None,
+                      falco_margins=args.margin_list, falco_steps=args.falco_steps,
+                      invert_steps=args.invert_steps,
+                      attacks=[m for m in methods if m in RECONSTRUCTIONS],
+                      progress=not args.quiet, store=False if args.no_store else args.store)
+        print("\n" + (out / "threats.md").read_text().split("\n\n")[0])
+        print(f"wrote the threat models to {out}/threats.md (+ .json, threats.png, "
+              f"threats_grid.png)")
     return 0
 
 
@@ -167,7 +199,9 @@ def register(sub) -> None:
                     "a rerun into the same --out skips finished attacks. Trained attack "
                     "networks, tuned parameters and judged pairs are kept in a store, so a "
                     "later report with the same cameras takes them from there.",
-        epilog="example: optics privacy-report --run runs/demo/stage1 --out runs/privacy"))
+        epilog="examples:\n  optics privacy-report --run runs/demo/stage1 --out runs/privacy\n"
+               "  optics privacy-report --run runs/demo/stage1 --stage2 runs/demo/stage2 "
+               "--encoder runs/demo/private-encoder --out runs/privacy"))
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--run", action="append", metavar="DIR", help="a stage-1 run (repeatable)")
     p.add_argument("--cameras", help="comma-separated camera list instead of the default "
@@ -186,6 +220,20 @@ def register(sub) -> None:
                         "(default: $PRIVLENS_HOME/attack-store)")
     p.add_argument("--no-store", action="store_true",
                    help="keep nothing across reports (a rerun into --out still skips)")
+    p.add_argument("--stage2", metavar="DIR",
+                   help="a stage-2 run: also the threat models (OUT/threats, as `deid "
+                        "threats`): rows learned camera (the one --run), defocus, lr16, "
+                        "blur, mosaic, privlens two-stage, FALCO-style; columns output only "
+                        "(these --methods' reconstructions), sniffing, utility")
+    p.add_argument("--encoder", metavar="DIR",
+                   help="with --stage2: a Private-Encoder-style run (deid "
+                        "train-private-encoder) for its epsilon rows")
+    p.add_argument("--margins", default="1.0,0.5,0.0",
+                   help="with --stage2: the FALCO-style rows' margins (default 1.0,0.5,0.0)")
+    p.add_argument("--falco-steps", type=int, default=50,
+                   help="with --stage2: FALCO-style optimisation steps (default 50)")
+    p.add_argument("--invert-steps", type=int, default=50,
+                   help="with --stage2: FALCO-style inversion steps (default 50)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_attack_args(p)
     p.set_defaults(func=cmd_privacy_report)
