@@ -300,6 +300,20 @@ def test_software_methods_from_the_command_line(setup, tmp_path):
     b = torch.load(part / "ckpt_2.pt", weights_only=True)["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    # two processes (torchrun, one sample each) train as one process does
+    two = tmp_path / "enc-two"
+    r = _run("train-private-encoder", "--stage2", str(run), "--data", str(sg), "--steps", "2",
+             "--batch-size", "2", "--lambda-lpips", "0", "--base-width", "8", "--max-width",
+             "16", "--ckpt-every", "1", "--quiet", "--out", str(two), torchrun=2)
+    assert r.returncode == 0 and "terminate called" not in r.stderr, r.stderr[-3000:]
+    for x, y in zip(_rows(enc), _rows(two), strict=True):
+        for k in x:
+            if k != "elapsed_s":
+                assert y[k] == pytest.approx(x[k], rel=1e-4, abs=1e-6), k
+    c = torch.load(two / "ckpt_2.pt", weights_only=True)["model"]
+    lr = torch.load(two / "ckpt_2.pt", weights_only=True)["config"]["lr"]
+    for k in a:  # Adam can turn float-order differences of tiny gradients into lr-sized steps
+        torch.testing.assert_close(c[k], a[k], rtol=0, atol=2.5 * lr, msg=k)
     out = tmp_path / "pe"
     r = _run("anonymize", "--method", "private-encoder", "--encoder", str(enc), "--epsilon",
              "10", "--images", str(faces), "--out", str(out))

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -51,11 +52,11 @@ from deid.methods.stage2.nets import StyleEncoder
 from deid.methods.stage2.solver import with_margin
 from optics.kit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from optics.kit.config import from_dict, save_config, to_dict
-from optics.kit.distributed import apply_thread_limit, pick_device
+from optics.kit.distributed import all_mean, apply_thread_limit, distributed_session
 from optics.kit.imageio import save_image
 from optics.kit.progress import progress_bar
 from optics.kit.resize import resize_to
-from optics.kit.schedule import global_batch, sample_generator
+from optics.kit.schedule import global_batch, rank_slice, sample_generator
 
 __all__ = ["PrivateEncoderConfig", "PrivateEncoder", "train_private_encoder",
            "load_private_encoder", "PrivateEncoderAnonymizer", "CHECKPOINT_KIND"]
@@ -164,12 +165,32 @@ class PrivateEncoder(nn.Module):
 def train_private_encoder(cfg: PrivateEncoderConfig, out_dir, resume: bool = False,
                           progress: bool = True) -> dict:
     """Train in ``out_dir`` (config.yaml, log.csv, atomic ckpt_<step>.pt, samples.png,
-    run.json); ``resume`` continues exactly. Returns the last log row."""
+    run.json); ``resume`` continues exactly. Returns the last log row. Under ``torchrun``
+    every process takes its slice of each global batch (:func:`rank_slice`) and the
+    gradients are averaged over processes before each Adam step, so N processes train as one
+    does (to float summation order); only rank 0 writes."""
     apply_thread_limit()
-    out = Path(out_dir)
     if not cfg.stage2:
         raise ValueError("no stage-2 run: pass --stage2 RUN")
-    device = pick_device(cfg.device)
+    with distributed_session(cfg.device) as info:
+        return _train(cfg, Path(out_dir), resume, progress, info)
+
+
+def _average_gradients(params, info) -> None:
+    """Mean of every gradient over the processes (one flat all-reduce)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not info.enabled or not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= info.world_size
+    for g, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+        g.copy_(part.view_as(g))
+
+
+def _train(cfg: PrivateEncoderConfig, out: Path, resume: bool, progress: bool, info) -> dict:
+    device = info.device
+    main = info.is_main
     s2 = load_stage2(cfg.stage2, device)
     gen = s2.nets["generator"]
     s2cfg = s2.config
@@ -215,8 +236,9 @@ def train_private_encoder(cfg: PrivateEncoderConfig, out_dir, resume: bool = Fal
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
 
     def checkpoint(k: int) -> None:
         save_checkpoint({"kind": CHECKPOINT_KIND, "step": k, "config": to_dict(cfg),
@@ -226,14 +248,16 @@ def train_private_encoder(cfg: PrivateEncoderConfig, out_dir, resume: bool = Fal
                                   "style_dim": model.style_dim}}, out / f"ckpt_{k}.pt")
 
     log_path = out / "log.csv"
-    if not resume and log_path.exists():
+    if main and not resume and log_path.exists():
         log_path.unlink()
     last: dict = {}
     t0 = time.perf_counter()
     bar = progress_bar(range(step, cfg.steps), desc="private encoder", unit="step",
-                       disable=not progress)
+                       disable=not (progress and main))
+    params = list(model.parameters())
     for k in bar:
-        idx = global_batch(k, len(xs), cfg.batch_size, cfg.seed)
+        idx = rank_slice(global_batch(k, len(xs), cfg.batch_size, cfg.seed), info.rank,
+                         info.world_size)
         x = xs[idx].to(device)
         o = model.decode(gen, model.encode(x), margin)
         terms = {"mse": F.mse_loss(o, x)}
@@ -253,12 +277,16 @@ def train_private_encoder(cfg: PrivateEncoderConfig, out_dir, resume: bool = Fal
             total = total + cfg.lambda_id * terms["id"]
         opt.zero_grad(set_to_none=True)
         total.backward()
+        _average_gradients(params, info)
         opt.step()
         done = k + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
-            last = {"step": done, "total": float(total.detach()),
-                    **{n: float(v.detach()) for n, v in terms.items()},
+            terms = {n: all_mean(v.detach(), info) for n, v in terms.items()}
+            total = all_mean(total.detach(), info)
+            last = {"step": done, "total": float(total),
+                    **{n: float(v) for n, v in terms.items()},
                     "elapsed_s": round(time.perf_counter() - t0, 2)}
+        if main and (done % cfg.log_every == 0 or done == cfg.steps):
             new = not log_path.exists()
             with log_path.open("a", newline="") as fh:
                 w = csv.DictWriter(fh, fieldnames=list(last))
@@ -266,9 +294,11 @@ def train_private_encoder(cfg: PrivateEncoderConfig, out_dir, resume: bool = Fal
                     w.writeheader()
                 w.writerow(last)
             bar.set_postfix_str(f"loss {float(total.detach()):.4f}")
-        if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps:
+        if main and ((cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps):
             checkpoint(done)
     bar.close()
+    if not main:
+        return last
     with torch.no_grad():
         x = xs[:8].to(device)
         o = model.decode(gen, model.encode(x), margin).clamp(0, 1)
