@@ -276,3 +276,10 @@ def test_bf16_inversion_learns_as_float32_does(faces):
         gains[bf16] = float(psnr_db(inversion_attack(y, model=model), test).mean()) - base
     assert gains[False] > 0.8, gains
     assert abs(gains[True] - gains[False]) < 0.5, gains
+
+
+def test_bad_bf16_setting_is_refused_at_once():
+    from deid.attacks.attacker import AttackConfig
+
+    with pytest.raises(ValueError, match="bf16 must be one of auto, on, off"):
+        AttackConfig(bf16="maybe")

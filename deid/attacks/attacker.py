@@ -38,7 +38,7 @@ from deid.attacks.tv import tv_deconvolution
 from deid.judges.quality import psnr
 from optics.deconv import estimate_noise_sigma, richardson_lucy, wiener
 from optics.kit.files import locked, write_text_atomic
-from optics.kit.precision import resolve_bf16
+from optics.kit.precision import BF16_SETTINGS, resolve_bf16
 from optics.kit.resize import resize_to
 
 __all__ = ["METHODS", "TUNING", "AttackConfig", "Attacker", "digest", "tensor_digest",
@@ -82,6 +82,10 @@ class AttackConfig:
     # bfloat16 autocast for the attackers' networks (inversion, the PnP face denoiser):
     # "auto" (where the hardware has it natively, optics.kit.precision), "on" or "off"
     bf16: str = "auto"
+
+    def __post_init__(self):
+        if self.bf16 not in BF16_SETTINGS:
+            raise ValueError(f"bf16 must be one of {', '.join(BF16_SETTINGS)}, got {self.bf16!r}")
 
 
 # --------------------------------------------------------------------------- attacks
