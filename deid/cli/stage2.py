@@ -27,6 +27,7 @@ from optics.kit.cli import (
     add_dataclass_args,
     add_overrides,
     dataclass_overrides,
+    float_list,
     run_folder_config,
 )
 from optics.kit.config import assemble_config, to_dict
@@ -201,21 +202,11 @@ def cmd_anonymize(args) -> int:
     return 0
 
 
-def _floats(text: str | None, what: str) -> list[float] | None:
-    """Numbers separated by commas (None stays None); one-line error otherwise."""
-    if text is None:
-        return None
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"{what} takes numbers separated by commas, got {text!r}") from None
-
-
 def cmd_evaluate(args) -> int:
     if args.refs_per_source < 1 or (args.max_sources is not None and args.max_sources < 1):
         raise UserError("--refs-per-source and --max-sources must be at least 1")
     report = evaluate_run(args.stage1, args.stage2, args.out, args.refs_per_source,
-                          margins=_floats(args.margins, "--margins"), split=args.split,
+                          margins=float_list(args.margins, "--margins"), split=args.split,
                           max_sources=args.max_sources, seed=args.seed, n_boot=args.n_boot,
                           progress=not args.quiet)
     print((Path(args.out) / "evaluation.md").read_text())
@@ -244,8 +235,8 @@ def cmd_train_private_encoder(args) -> int:
 
 
 def cmd_threats(args) -> int:
-    margins = _floats(args.margins, "--margins")
-    epsilons = _floats(args.epsilons, "--epsilons")
+    margins = float_list(args.margins, "--margins")
+    epsilons = float_list(args.epsilons, "--epsilons")
     if any(not -1 <= m <= 1 for m in margins) or any(not e > 0 for e in epsilons):
         raise UserError("--margins are cosines in [-1, 1] and --epsilons must be positive")
     if args.max_sources is not None and args.max_sources < 2:

@@ -32,6 +32,7 @@ from deid.attacks.cameras import build_camera, check_camera_spec
 from deid.evaluation.judges import default_judges
 from deid.evaluation.reid_table import baseline_rows, reid_interval
 from deid.evaluation.stats import mean_with_interval
+from deid.evaluation.threats import KIND_STYLE, THREAT_MODELS, threat_worst
 from deid.evaluation.utility import load_landmark_sets, mean_shape, predict_landmarks
 from deid.faces.corpus import load_split
 from deid.faces.heatmaps import nme
@@ -268,13 +269,6 @@ _STYLE = {"blur": ("tab:blue", "o"), "defocus": ("tab:orange", "s"),
           "stage1 run": ("tab:red", "*")}
 
 
-#: colours of the threat report's row kinds (``deid threats``)
-_KIND_STYLE = {"optical": ("tab:blue", "o"), "software": ("tab:orange", "s"),
-               "two-stage": ("tab:green", "*")}
-#: the threat report's threat models drawn as panels: (key, title)
-THREAT_PANELS = (("output_only", "output only"), ("sniffing", "sniffing (device memory)"))
-
-
 def load_threats(path) -> dict:
     """A ``deid threats`` report (``threats.json``, or the folder holding it) for
     :func:`plot_frontier`; a one-line ``ValueError`` if it is not one."""
@@ -303,9 +297,9 @@ def _threat_panel(ax, threats: dict, key: str, title: str) -> None:
     finite = [v for v in nmes if np.isfinite(v)]
     x_none = 1.15 * max(finite) if finite else 1.0
     for name, t in rows.items():
-        w = t[key]["worst"] if key == "output_only" else t[key]
+        w = threat_worst(t, key)
         n = t["utility"]["jittered_nme"]
-        colour, marker = _KIND_STYLE.get(t["kind"], ("black", "x"))
+        colour, marker = KIND_STYLE.get(t["kind"], ("black", "x"))
         found = np.isfinite(n["value"])
         x = n["value"] if found else x_none
         xerr = [[x - n["lo"]], [n["hi"] - x]] if found else None
@@ -321,7 +315,7 @@ def _threat_panel(ax, threats: dict, key: str, title: str) -> None:
     ax.set_xlabel("landmark NME of the output vs the source, jittered\n(dlib 68 points; "
                   "lower: more useful)", fontsize=8)
     ax.set_ylim(0, 1.05)
-    for kind, (colour, marker) in _KIND_STYLE.items():
+    for kind, (colour, marker) in KIND_STYLE.items():
         ax.plot([], [], marker=marker, color=colour, linestyle="none", label=kind)
     ax.legend(fontsize=7, loc="lower left")
 
@@ -329,8 +323,8 @@ def _threat_panel(ax, threats: dict, key: str, title: str) -> None:
 def plot_frontier(result: dict, path, threats: dict | None = None) -> Path:
     """x: jittered NME / mean shape; y: worst-case re-ID top-1; 95% intervals on both.
     ``threats``: a ``deid threats`` report (``threats.json``); its methods are added as points
-    in one more panel per threat model (:data:`THREAT_PANELS`), on their own utility axis."""
-    panels = 1 + (len(THREAT_PANELS) if threats else 0)
+    in one more panel per threat model (:data:`THREAT_MODELS`), on their own utility axis."""
+    panels = 1 + (len(THREAT_MODELS) if threats else 0)
     fig = Figure(figsize=(7.5 + 5.5 * (panels - 1), 5.2))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, panels, squeeze=False)[0]
@@ -338,7 +332,7 @@ def plot_frontier(result: dict, path, threats: dict | None = None) -> Path:
     if threats:
         ax.set_title("classic cameras, stage-1 runs",
                      fontsize=9)
-        for a, (key, title) in zip(axes[1:], THREAT_PANELS, strict=True):
+        for a, (key, title) in zip(axes[1:], THREAT_MODELS, strict=True):
             _threat_panel(a, threats, key, title)
     by_family: dict = {}
     for spec, p in result["points"].items():

@@ -68,7 +68,7 @@ from optics.kit.resize import resize_to
 from optics.kit.schedule import sample_generator
 
 __all__ = ["threat_report", "threat_markdown", "plot_threats", "PUBLISHED_PRIVATE_ENCODER",
-           "SIZE_PX"]
+           "SIZE_PX", "KIND_STYLE", "THREAT_MODELS", "threat_worst"]
 
 log = logging.getLogger(__name__)
 
@@ -323,6 +323,18 @@ def threat_markdown(rep: dict) -> str:
     return "\n".join(lines)
 
 
+#: colour and marker of each row kind in the figures
+KIND_STYLE = {"optical": ("tab:blue", "o"), "software": ("tab:orange", "s"),
+              "two-stage": ("tab:green", "*")}
+#: the threat models drawn as figure panels: (key in a row, title)
+THREAT_MODELS = (("output_only", "output only"), ("sniffing", "sniffing (device memory)"))
+
+
+def threat_worst(row: dict, key: str) -> dict:
+    """A row's worst case under threat model ``key`` (``output_only`` or ``sniffing``)."""
+    return row[key]["worst"] if key == "output_only" else row[key]
+
+
 def plot_threats(rep: dict, path) -> Path:
     """One panel per threat model: worst re-ID (x, lower is more private) against the dlib
     detection rate of the output (y, higher is more useful), one point per method."""
@@ -330,12 +342,11 @@ def plot_threats(rep: dict, path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"optical": "tab:blue", "software": "tab:orange", "two-stage": "tab:green"}
+    colours = {k: c for k, (c, _) in KIND_STYLE.items()}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
-    for ax, key, title in ((axes[0], "output_only", "output only"),
-                           (axes[1], "sniffing", "sniffing (device memory)")):
+    for ax, (key, title) in zip(axes, THREAT_MODELS, strict=True):
         for name, t in rep["rows"].items():
-            w = t[key]["worst"] if key == "output_only" else t[key]
+            w = threat_worst(t, key)
             g = t["utility"]["geometry"].get("detection_rate", {"value": math.nan})
             ax.errorbar(100 * w["value"], 100 * g["value"],
                         xerr=[[100 * (w["value"] - w["lo"])], [100 * (w["hi"] - w["value"])]],

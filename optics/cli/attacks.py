@@ -22,7 +22,7 @@ from deid.faces.corpus import load_face_sets
 from deid.faces.corpus_builder import ensure_demo_corpus
 from deid.methods.software.private_encoder import load_private_encoder
 from optics.cli.demo import demo_teacher
-from optics.kit.cli import add_common, add_overrides
+from optics.kit.cli import add_common, add_overrides, float_list
 from optics.kit.config import apply_overrides, load_config
 
 __all__ = ["register"]
@@ -71,11 +71,7 @@ def cmd_privacy_report(args) -> int:
             raise ValueError(f"no stage-2 run in {args.stage2} (no config.yaml)")
         if args.encoder:
             load_private_encoder(args.encoder)
-        try:
-            args.margin_list = [float(m) for m in args.margins.split(",") if m.strip()]
-        except ValueError:
-            raise ValueError(f"--margins must be comma-separated numbers, got "
-                             f"{args.margins!r}") from None
+        args.margin_list = float_list(args.margins, "--margins")
         if not args.margin_list or any(not -1 <= m <= 1 for m in args.margin_list) or \
                 min(args.falco_steps, args.invert_steps) < 0:
             raise ValueError("--margins are cosines in [-1, 1]; --falco-steps and "

@@ -17,7 +17,7 @@ from optics.kit.config import assemble_config, load_config
 from optics.kit.malloc import keep_freed_memory
 
 __all__ = ["UserError", "build_parser", "add_common", "add_overrides", "run_cli",
-           "add_dataclass_args", "dataclass_overrides", "run_folder_config"]
+           "add_dataclass_args", "dataclass_overrides", "run_folder_config", "float_list"]
 
 
 class UserError(Exception):
@@ -72,6 +72,17 @@ def _message(e: BaseException) -> str:
     if isinstance(e, OSError) and e.filename:
         msg = f"{e.strerror or e}: {e.filename}"
     return " ".join(str(msg).split()) or type(e).__name__
+
+
+def float_list(text: str | None, what: str) -> list[float] | None:
+    """Numbers separated by commas (``None`` stays ``None``); a one-line :class:`UserError`
+    naming the option ``what`` otherwise."""
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{what} takes numbers separated by commas, got {text!r}") from None
 
 
 def run_cli(parser: argparse.ArgumentParser, argv=None) -> int:

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "distributed_session",
-           "pick_device", "all_mean"]
+           "pick_device", "all_mean", "average_gradients"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,26 @@ def all_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     out = value.detach().clone()
     dist.all_reduce(out)
     return out / info.world_size
+
+
+def average_gradients(params, info: DistInfo) -> None:
+    """Replace every parameter's gradient by its mean over the processes (a missing gradient
+    counts as zero, so every process reduces the same tensor), in one flat all-reduce; with
+    equal per-process batch slices this is the gradient of the global batch. No-op in a
+    single process."""
+    if not info.enabled:
+        return
+    params = list(params)
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    if not params:
+        return
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= info.world_size
+    for p, part in zip(params, flat.split([p.numel() for p in params]), strict=True):
+        p.grad.copy_(part.view_as(p.grad))
 
 
 def apply_thread_limit() -> None:

@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -52,7 +51,12 @@ from deid.methods.stage2.nets import StyleEncoder
 from deid.methods.stage2.solver import with_margin
 from optics.kit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from optics.kit.config import from_dict, save_config, to_dict
-from optics.kit.distributed import all_mean, apply_thread_limit, distributed_session
+from optics.kit.distributed import (
+    all_mean,
+    apply_thread_limit,
+    average_gradients,
+    distributed_session,
+)
 from optics.kit.imageio import save_image
 from optics.kit.progress import progress_bar
 from optics.kit.resize import resize_to
@@ -176,18 +180,6 @@ def train_private_encoder(cfg: PrivateEncoderConfig, out_dir, resume: bool = Fal
         return _train(cfg, Path(out_dir), resume, progress, info)
 
 
-def _average_gradients(params, info) -> None:
-    """Mean of every gradient over the processes (one flat all-reduce)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not info.enabled or not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= info.world_size
-    for g, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
-        g.copy_(part.view_as(g))
-
-
 def _train(cfg: PrivateEncoderConfig, out: Path, resume: bool, progress: bool, info) -> dict:
     device = info.device
     main = info.is_main
@@ -277,7 +269,7 @@ def _train(cfg: PrivateEncoderConfig, out: Path, resume: bool, progress: bool, i
             total = total + cfg.lambda_id * terms["id"]
         opt.zero_grad(set_to_none=True)
         total.backward()
-        _average_gradients(params, info)
+        average_gradients(params, info)
         opt.step()
         done = k + 1
         if done % cfg.log_every == 0 or done == cfg.steps:

@@ -39,7 +39,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from deid.methods.stage2.config import Stage2Config
@@ -58,7 +57,7 @@ from deid.methods.stage2.losses import (
 from deid.methods.stage2.nets import Discriminator, Generator, MappingNetwork, StyleEncoder
 from optics.kit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from optics.kit.config import to_dict
-from optics.kit.distributed import DistInfo
+from optics.kit.distributed import DistInfo, all_mean, average_gradients
 from optics.kit.files import write_text_atomic
 from optics.kit.imageio import save_image
 from optics.kit.progress import progress_bar
@@ -279,14 +278,7 @@ class Stage2Solver:
             self.nets[k].requires_grad_(k in names)
 
     def _average_grads(self, names) -> None:
-        if not self.dist.enabled:
-            return
-        for k in names:
-            for p in self.nets[k].parameters():
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad)
-                p.grad.div_(self.dist.world_size)
+        average_gradients((p for k in names for p in self.nets[k].parameters()), self.dist)
 
     def sub_step(self, name: str, b: Batch) -> dict:
         """One of :data:`SUB_STEPS` on batch ``b``; returns its terms (floats)."""
@@ -304,9 +296,7 @@ class Stage2Solver:
         keys = list(terms)
         values = torch.stack([torch.as_tensor(terms[k]).detach().float().reshape(())
                               for k in keys])
-        if self.dist.enabled:  # log the global batch's means
-            dist.all_reduce(values)
-            values = values / self.dist.world_size
+        values = all_mean(values, self.dist)  # log the global batch's means
         return {f"{name}/{k}": float(v) for k, v in zip(keys, values.cpu(), strict=True)}
 
     @torch.no_grad()
